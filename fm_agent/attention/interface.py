@@ -1,0 +1,162 @@
+"""The attention functions transformers calls, registered under their own implementation names.
+
+``fm_sdpa`` wraps the stock SDPA path and ``fm_eager`` is an explicit-softmax twin that also
+returns attention probabilities (for inspection and tests). Without an active
+:class:`~fm_agent.attention.context.FutureAttention`, or for non-causal modules such as vision
+towers, both behave exactly like the stock implementations.
+
+Merge keeps the fused causal kernel: C is non-zero only on the first ``slots`` key columns, so
+it is folded into ``slots`` extra query/key channels. Query channel ``s`` of visual row ``i``
+carries ``C[i, s] / scale`` and key channel ``s`` is one-hot on sink key ``s``, hence
+``scale * q'.k'_j = B[i, j] + C[i, s] [j == sink_s]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+from .context import AttentionPlan, FutureAttention, active_future_attention
+from .merge import max_future_scores, merge_future_scores
+
+SDPA_IMPLEMENTATION = "fm_sdpa"
+EAGER_IMPLEMENTATION = "fm_eager"
+CONTEXT_KWARG = "future_attention"
+
+
+def _context(module: nn.Module, kwargs: dict) -> FutureAttention | None:
+    context = kwargs.pop(CONTEXT_KWARG, None) or active_future_attention()
+    if context is None or context.spec.is_causal or not getattr(module, "is_causal", True):
+        return None  # vision towers and plain causal requests take the stock path
+    return context
+
+
+def _plan(context: FutureAttention | None, attention_mask, query: torch.Tensor, key: torch.Tensor) -> AttentionPlan | None:
+    if context is None:
+        return None
+    return context.plan(attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device)
+
+
+def pooled_sink_bias(query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan, scaling: float) -> torch.Tensor:
+    """C's non-zero values for the visual rows: (B, H, R, slots) fp32.
+
+    query: (B, H, Q, D); key: (B, Hkv, K, D). Only the R visual rows are scored against the keys,
+    in fp32 as the paper specifies.
+    """
+    layout = plan.merge
+    batch, heads, q_len, dim = query.shape
+    kv_heads, rows = key.shape[1], layout.rows.shape[1]
+    index = layout.rows[:, None, :, None].expand(-1, heads, -1, dim)
+    visual_queries = torch.gather(query, 2, index).float()  # (B, H, R, D)
+    if layout.additive is not None:
+        keys = repeat_kv(key, heads // kv_heads).float()
+        return max_future_scores(visual_queries, keys, layout, scaling, key.shape[2] - q_len)
+    grouped = visual_queries.view(batch, kv_heads, heads // kv_heads, rows, dim)
+    scores = torch.matmul(grouped, key.float()[:, :, None].transpose(-1, -2)) * scaling  # (B, Hkv, G, R, K)
+    return merge_future_scores(scores.view(batch, heads, rows, -1), layout)
+
+
+def fold_sink_bias(query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan,
+                   scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the merge channels: returns (B, H, Q, D + slots) queries and (B, Hkv, K, D + slots) keys."""
+    bias = pooled_sink_bias(query, key, plan, scaling) / scaling  # (B, H, R, slots)
+    slots = bias.shape[-1]
+    extra = query.new_zeros(*query.shape[:3], slots)
+    index = plan.merge.rows[:, None, :, None].expand(-1, query.shape[1], -1, slots)
+    extra.scatter_add_(2, index, bias.to(query.dtype))  # padded rows add 0 to row 0
+    sink = plan.sink_keys.to(key.dtype).expand(-1, key.shape[1], -1, -1)
+    return torch.cat([query, extra], dim=-1), torch.cat([key, sink], dim=-1)
+
+
+def future_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """SDPA with a future-aware mask (materialised) or merge (fused causal kernel, extra channels)."""
+    context = _context(module, kwargs)
+    plan = _plan(context, attention_mask, query, key)
+    if plan is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if plan.merge is None:
+        return sdpa_attention_forward(module, query, key, value, plan.allowed, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    head_dim = value.shape[-1]
+    query, key = fold_sink_bias(query, key, plan, scaling)
+    # SDPA's fused CPU/GPU kernels need equal q/k/v widths; zero value channels cost almost nothing.
+    value = torch.nn.functional.pad(value, (0, query.shape[-1] - head_dim))
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                       scaling=scaling, **kwargs)
+    return output[..., :head_dim], None
+
+
+def future_eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit ``softmax(B + C + M)``; returns the probabilities too, so they can be inspected."""
+    context = _context(module, kwargs)
+    plan = _plan(context, attention_mask, query, key)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    groups = query.shape[1] // key.shape[1]
+    logits = torch.matmul(query, repeat_kv(key, groups).transpose(2, 3)) * scaling  # (B, H, Q, K)
+    mask = attention_mask
+    if plan is not None and plan.merge is None:
+        mask = plan.allowed
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=logits.dtype, device=logits.device).masked_fill(
+                ~mask, torch.finfo(logits.dtype).min)
+        logits = logits + mask[:, :, :, : key.shape[-2]]
+    if plan is not None and plan.merge is not None:
+        bias = pooled_sink_bias(query, key, plan, scaling)  # (B, H, R, slots)
+        rows = plan.merge.rows[:, None, :, None].expand(-1, query.shape[1], -1, key.shape[2])
+        columns = torch.matmul(bias, plan.sink_keys.transpose(-1, -2))  # (B, H, R, K): bias on sink columns
+        logits = logits.float().scatter_add(2, rows, columns).to(logits.dtype)
+    weights = nn.functional.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, repeat_kv(value, groups)).transpose(1, 2).contiguous()
+    return output, weights
+
+
+def register_future_attention() -> None:
+    """Make ``fm_sdpa`` / ``fm_eager`` known to transformers (idempotent).
+
+    Registering the matching mask builders matters: an implementation without one gets no mask at
+    all from transformers, which silently drops padding.
+    """
+    AttentionInterface.register(SDPA_IMPLEMENTATION, future_sdpa_attention)
+    AttentionInterface.register(EAGER_IMPLEMENTATION, future_eager_attention)
+    AttentionMaskInterface.register(SDPA_IMPLEMENTATION, sdpa_mask)
+    AttentionMaskInterface.register(EAGER_IMPLEMENTATION, eager_mask)
+
+
+def enable_future_attention(model: nn.Module, backend: str = "sdpa") -> nn.Module:
+    """Switch the language model of ``model`` to future-aware attention; the vision tower is untouched.
+
+    The switch itself changes nothing numerically: until a request activates a
+    :class:`FutureAttention`, every forward is the stock one.
+    """
+    register_future_attention()
+    name = {"sdpa": SDPA_IMPLEMENTATION, "eager": EAGER_IMPLEMENTATION}.get(backend)
+    if name is None:
+        raise ValueError(f"backend must be 'sdpa' or 'eager', got {backend!r}")
+    sub_configs = getattr(model.config, "sub_configs", {}) or {}
+    model.set_attn_implementation({"text_config": name} if "text_config" in sub_configs else name)
+    return model

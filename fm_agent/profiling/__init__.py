@@ -1,0 +1,1 @@
+"""Latency profiling: prefill and per-token decode for every mask, merged or not."""

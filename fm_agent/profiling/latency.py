@@ -1,0 +1,162 @@
+"""Prefill and decode latency per mask on a Llama-shaped decoder (or any causal LM).
+
+Every configuration runs once per repetition, repetitions interleaved (A B C A B C ...) so a
+noisy neighbour slows all of them alike; the report gives medians and inter-quartile spread,
+and ratios are only formed between numbers of the same run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
+from .layouts import vla_layout
+
+DEFAULT_SPECS = ("causal", "Mf/prefill", "Mf/full", "Mf+merge", "Mv2v/prefill", "Mv2v/full", "Mv2v+merge",
+                 "Mv2t/prefill", "Mv2t/full", "Mv2t+merge")
+
+
+@dataclass
+class DecoderShape:
+    """The Llama-shaped decoder that is timed (random weights: latency does not depend on them)."""
+
+    hidden: int = 512
+    layers: int = 8
+    heads: int = 8
+    kv_heads: int = 8
+    intermediate: int = 1376
+    vocab: int = 32000
+
+    def build(self, dtype: torch.dtype) -> LlamaForCausalLM:
+        config = LlamaConfig(vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
+                             num_hidden_layers=self.layers, num_attention_heads=self.heads,
+                             num_key_value_heads=self.kv_heads, max_position_embeddings=8192,
+                             attn_implementation="sdpa")
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(dtype).eval()
+        return enable_future_attention(model)
+
+
+@dataclass
+class ProfileSettings:
+    contexts: tuple[int, ...] = (256, 1024, 2048)
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    specs: tuple[str, ...] = DEFAULT_SPECS
+    repetitions: int = 3
+    decode_tokens: int = 8
+    full_decode_tokens: int = 2
+    frame_tokens: int = 64
+    threads: int = 1
+    shape: DecoderShape = field(default_factory=DecoderShape)
+
+
+@dataclass
+class Sample:
+    dtype: str
+    context: int
+    spec: str
+    prefill_ms: list[float] = field(default_factory=list)
+    decode_ms_per_token: list[float] = field(default_factory=list)
+    mask_build_ms: list[float] = field(default_factory=list)
+
+
+def _ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+@torch.no_grad()
+def measure_once(model: LlamaForCausalLM, spec: FutureMaskSpec, visual: torch.Tensor, decode_tokens: int,
+                 full_decode_tokens: int) -> tuple[float, float, float]:
+    """One prefill, its decode steps and the mask build; returns (prefill ms, decode ms/token, build ms)."""
+    input_ids = torch.randint(3, model.config.vocab_size, (1, visual.shape[0]))
+    context = FutureAttention(spec, visual[None]) if not spec.is_causal else None
+    build_ms = 0.0
+    if context is not None:  # the per-request mask work, on a throw-away context of the same request
+        probe = FutureAttention(spec, visual[None])
+        build_ms = _ms(lambda: probe.plan(None, 1, visual.shape[0], visual.shape[0], input_ids.device))
+    use_cache = not spec.needs_full_recompute
+    cache = DynamicCache(config=model.config) if use_cache else None
+    kwargs = {"future_attention": context} if context is not None else {}
+    out = None
+
+    def run_prefill() -> None:
+        nonlocal out
+        out = model(input_ids=input_ids, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **kwargs)
+
+    prefill_ms = _ms(run_prefill)
+    sequence = input_ids
+    steps = decode_tokens if use_cache else full_decode_tokens
+    decode_total = 0.0
+    for _ in range(steps):
+        next_id = out.logits[:, -1:].argmax(-1)
+        sequence = torch.cat([sequence, next_id], dim=-1)
+        if use_cache:
+            step = lambda: model(input_ids=next_id, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+        else:
+            step = lambda: model(input_ids=sequence, use_cache=False, logits_to_keep=1, **kwargs)
+        start = time.perf_counter()
+        out = step()
+        decode_total += (time.perf_counter() - start) * 1e3
+    return prefill_ms, decode_total / max(steps, 1), build_ms
+
+
+def run_profile(settings: ProfileSettings, progress: Callable[[Iterable], Iterable] = lambda x: x) -> list[Sample]:
+    """All (dtype, context, spec) samples, repetitions interleaved."""
+    torch.set_num_threads(settings.threads)
+    samples: dict[tuple[str, int, str], Sample] = {}
+    plan = [(rep, dtype, context, label) for rep in range(settings.repetitions + 1) for dtype in settings.dtypes
+            for context in settings.contexts for label in settings.specs]
+    models = {dtype: settings.shape.build(getattr(torch, dtype)) for dtype in settings.dtypes}
+    layouts = {context: vla_layout(context, settings.frame_tokens) for context in settings.contexts}
+    for rep, dtype, context, label in progress(plan):
+        spec = FutureMaskSpec.parse(label)
+        result = measure_once(models[dtype], spec, layouts[context], settings.decode_tokens,
+                              settings.full_decode_tokens)
+        if rep == 0:
+            continue  # warm-up round: first-touch allocations and kernel selection
+        sample = samples.setdefault((dtype, context, label), Sample(dtype, context, label))
+        sample.prefill_ms.append(result[0])
+        sample.decode_ms_per_token.append(result[1])
+        sample.mask_build_ms.append(result[2])
+    return list(samples.values())
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def summarise(samples: list[Sample]) -> list[dict]:
+    """Medians, quartiles and ratios to the causal baseline of the same dtype and context."""
+    rows = []
+    baseline = {(s.dtype, s.context): s for s in samples if s.spec == "causal"}
+    merged_decode = {(s.dtype, s.context, s.spec.split("+")[0]): s for s in samples if s.spec.endswith("+merge")}
+    for s in samples:
+        prefill, decode, build = (_quartiles(v) for v in (s.prefill_ms, s.decode_ms_per_token, s.mask_build_ms))
+        row = {"dtype": s.dtype, "context": s.context, "spec": s.spec,
+               "prefill_ms": prefill[1], "prefill_ms_iqr": [prefill[0], prefill[2]],
+               "decode_ms_per_token": decode[1], "decode_ms_per_token_iqr": [decode[0], decode[2]],
+               "mask_build_ms": build[1], "mask_build_fraction_of_prefill": build[1] / prefill[1]}
+        base = baseline.get((s.dtype, s.context))
+        if base is not None:
+            row["prefill_ratio_to_causal"] = prefill[1] / statistics.median(base.prefill_ms)
+            row["decode_ratio_to_causal"] = decode[1] / statistics.median(base.decode_ms_per_token)
+        merged = merged_decode.get((s.dtype, s.context, s.spec.split("/")[0]))
+        if s.spec.endswith("/full") and merged is not None:
+            row["full_decode_ratio_to_merge"] = decode[1] / statistics.median(merged.decode_ms_per_token)
+        rows.append(row)
+    return rows
+
+
+def settings_dict(settings: ProfileSettings) -> dict:
+    return asdict(settings)
