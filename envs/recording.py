@@ -1,0 +1,255 @@
+"""Expert demonstrations on disk: one HDF5 file per episode, plus a manifest for resuming.
+
+Layout of ``<out>/``::
+
+    manifest.jsonl                  one line per finished episode (kept or not), appended as they finish
+    summary.json                    expert success per environment
+    <env-slug>/episode_<index>.h5   a kept episode
+
+An episode file holds, for T steps (observation t is what the expert saw before action t):
+
+    /observations/<camera>   uint8 (T, H, W, 3), gzip    e.g. agentview, wrist (LIBERO); image (BabyAI)
+    /observations/proprio    float32 (T, P)              LIBERO only
+    /observations/direction  int64 (T,)                  BabyAI only
+    /actions                 float32 (T, 7) or int64 (T,)
+    /rewards                 float32 (T,)
+    attrs: format, env, index, seed, init_state, instruction, success, num_steps, expert, mission metadata
+
+Files are written to a temporary name and renamed, so a killed recorder never leaves a half file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+FORMAT = "fm-agent-episode/1"
+TEXT_KEYS = ("instruction",)
+
+
+@dataclass
+class Episode:
+    env: str
+    index: int
+    seed: int
+    init_state: int | None
+    instruction: str
+    observations: dict[str, np.ndarray]
+    actions: np.ndarray
+    rewards: np.ndarray
+    success: bool
+    expert: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(len(self.actions))
+
+
+def env_slug(name: str) -> str:
+    """``libero:libero_spatial/3`` -> ``libero-libero_spatial-3`` (a safe folder name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+
+
+def episode_path(out: Path, env: str, index: int) -> Path:
+    return out / env_slug(env) / f"episode_{index:06d}.h5"
+
+
+def write_episode(path: Path, episode: Episode) -> Path:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        group = f.create_group("observations")
+        for key, value in episode.observations.items():
+            value = np.asarray(value)
+            if value.dtype == np.uint8 and value.ndim == 4:
+                group.create_dataset(key, data=value, compression="gzip", compression_opts=4,
+                                     chunks=(1, *value.shape[1:]))
+            else:
+                group.create_dataset(key, data=value)
+        f.create_dataset("actions", data=episode.actions)
+        f.create_dataset("rewards", data=episode.rewards.astype(np.float32))
+        attrs = {"format": FORMAT, "env": episode.env, "index": episode.index, "seed": episode.seed,
+                 "init_state": -1 if episode.init_state is None else episode.init_state,
+                 "instruction": episode.instruction, "success": episode.success,
+                 "num_steps": episode.num_steps, "expert": episode.expert,
+                 "metadata": json.dumps(episode.metadata)}
+        f.attrs.update(attrs)
+    os.replace(tmp, path)
+    return path
+
+
+def read_episode(path: Path) -> Episode:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an {FORMAT} file (format={f.attrs.get('format')!r})")
+        a = f.attrs
+        init_state = int(a["init_state"])
+        return Episode(env=str(a["env"]), index=int(a["index"]), seed=int(a["seed"]),
+                       init_state=None if init_state < 0 else init_state, instruction=str(a["instruction"]),
+                       observations={k: f["observations"][k][()] for k in f["observations"]},
+                       actions=f["actions"][()], rewards=f["rewards"][()], success=bool(a["success"]),
+                       expert=str(a["expert"]), metadata=json.loads(a["metadata"]))
+
+
+def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_state: int | None,
+                       max_steps: int | None = None) -> Episode:
+    """Roll the expert out once and keep everything the policy will be trained on."""
+    options = {"init_state": init_state} if init_state is not None else None
+    obs, info = env.reset(seed=seed, options=options)
+    expert.reset()
+    frames: dict[str, list] = {k: [] for k in obs if k not in TEXT_KEYS}
+    actions, rewards = [], []
+    limit = max_steps or getattr(env, "max_steps", 1000)
+    success = False
+    for _ in range(limit):
+        for key in frames:
+            frames[key].append(np.asarray(obs[key]))
+        action = expert.act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        actions.append(action)
+        rewards.append(reward)
+        success = bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    metadata = {k: v for k, v in info.items() if k in ("has_location_phrase", "num_subgoals", "suite", "task_id")}
+    return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
+                   observations={k: np.stack(v) for k, v in frames.items()}, actions=np.asarray(actions),
+                   rewards=np.asarray(rewards, dtype=np.float32), success=success, expert=type(expert).__name__,
+                   metadata=metadata)
+
+
+def episode_plan(env_name: str, index: int, base_seed: int = 0) -> tuple[int, int | None]:
+    """(seed, initial state) of episode ``index``: LIBERO cycles its 50 official states."""
+    if env_name.startswith("libero:"):
+        return base_seed + index, index % 50
+    return base_seed + index, None
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    out: Path
+    only_success: bool = True
+    save: bool = True
+    image_size: int | None = None
+    render: str | None = None
+    base_seed: int = 0
+
+
+def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) -> list[dict]:
+    """Worker body: build the env once, record ``indices``, return one manifest row per episode."""
+    from .registry import make_env, make_expert
+
+    kwargs: dict[str, Any] = {}
+    if settings.image_size:
+        kwargs["image_size"] = settings.image_size
+    if settings.render and env_name.startswith("libero:"):
+        kwargs["render"] = settings.render
+    env = make_env(env_name, **kwargs)
+    rows = []
+    try:
+        expert = make_expert(env)
+        for index in indices:
+            seed, init_state = episode_plan(env_name, index, settings.base_seed)
+            row = {"env": env_name, "index": index, "seed": seed, "init_state": init_state}
+            try:
+                episode = run_expert_episode(env, expert, env_name, index, seed, init_state)
+            except Exception as error:  # a crashed simulator loses one episode, not the run
+                rows.append({**row, "success": False, "error": f"{type(error).__name__}: {error}", "path": None})
+                continue
+            path = None
+            if settings.save and (episode.success or not settings.only_success):
+                path = str(write_episode(episode_path(settings.out, env_name, index), episode)
+                           .relative_to(settings.out))
+            rows.append({**row, "success": episode.success, "steps": episode.num_steps, "path": path,
+                         **episode.metadata})
+    finally:
+        env.close()
+    return rows
+
+
+def _record_chunk_star(job: tuple[str, list[int], RecordSettings]) -> list[dict]:
+    return record_chunk(*job)
+
+
+def finished_episodes(out: Path) -> set[tuple[str, int]]:
+    manifest = out / "manifest.jsonl"
+    if not manifest.exists():
+        return set()
+    done = set()
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if "error" not in row:  # errored episodes are retried on resume
+                done.add((row["env"], row["index"]))
+    return done
+
+
+def summarise_manifest(out: Path) -> dict[str, Any]:
+    rows = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines() if l.strip()]
+    latest = {(r["env"], r["index"]): r for r in rows}
+    per_env: dict[str, dict[str, Any]] = {}
+    for row in latest.values():
+        stats = per_env.setdefault(row["env"], {"episodes": 0, "successes": 0, "errors": 0, "kept": 0})
+        stats["episodes"] += 1
+        stats["successes"] += bool(row["success"])
+        stats["errors"] += "error" in row
+        stats["kept"] += row.get("path") is not None
+    for stats in per_env.values():
+        stats["success_rate"] = stats["successes"] / max(stats["episodes"], 1)
+    total = sum(s["episodes"] for s in per_env.values())
+    return {"environments": dict(sorted(per_env.items())), "episodes": total,
+            "success_rate": sum(s["successes"] for s in per_env.values()) / max(total, 1)}
+
+
+def record(env_names: list[str], episodes: int, settings: RecordSettings, workers: int = 1, chunk: int = 5,
+           progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[str, Any]:
+    """Record ``episodes`` expert episodes per environment, resuming what ``settings.out`` already holds."""
+    settings.out.mkdir(parents=True, exist_ok=True)
+    done = finished_episodes(settings.out)
+    jobs = []
+    for name in env_names:
+        todo = [i for i in range(episodes) if (name, i) not in done]
+        jobs += [(name, todo[s:s + chunk], settings) for s in range(0, len(todo), chunk)]
+    total = sum(len(j[1]) for j in jobs)
+    manifest = (settings.out / "manifest.jsonl").open("a")
+    try:
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                results = pool.imap_unordered(_record_chunk_star, jobs)
+                _drain(results, manifest, total, progress)
+        else:
+            _drain(map(_record_chunk_star, jobs), manifest, total, progress)
+    finally:
+        manifest.close()
+    summary = summarise_manifest(settings.out)
+    (settings.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _drain(results: Iterable[list[dict]], manifest, total: int, progress) -> None:
+    bar = progress(range(total), total) if progress else None
+    successes = finished = 0
+    for rows in results:
+        for row in rows:
+            manifest.write(json.dumps(row) + "\n")
+            finished += 1
+            successes += bool(row["success"])
+        manifest.flush()
+        if bar is not None:
+            bar.update(len(rows))
+            bar.set_postfix(success=f"{successes}/{finished}")
+    if bar is not None:
+        bar.close()

@@ -1,0 +1,168 @@
+"""Environments, experts and demonstrations on the real simulators (LIBERO via MuJoCo, BabyAI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from envs import EnvNameError, make_env, make_expert, parse_env_name  # noqa: E402
+from envs.babyai_env import MissionInfo  # noqa: E402
+from envs.libero_env import LiberoError, suite_max_steps  # noqa: E402
+from envs.recording import RecordSettings, read_episode, record  # noqa: E402
+
+BABYAI_LEVELS = ["BabyAI-GoToSeqS5R2-v0", "BabyAI-PickupLoc-v0", "BabyAI-GoToLocal-v0"]
+
+
+@pytest.fixture(scope="module")
+def libero_state_only():
+    env = make_env("libero:libero_spatial/0", render="none")
+    yield env
+    env.close()
+
+
+def run_expert(env, expert, **reset_kwargs) -> dict:
+    obs, info = env.reset(**reset_kwargs)
+    expert.reset()
+    while True:
+        obs, _, terminated, truncated, info = env.step(expert.act(obs))
+        if terminated or truncated:
+            return info
+
+
+# -- BabyAI ------------------------------------------------------------------------------------------
+def test_babyai_passes_check_env() -> None:
+    env = make_env("babyai:BabyAI-PickupLoc-v0", image_size=56)
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=3)
+    assert obs["image"].shape == (56, 56, 3) and obs["image"].std() > 0
+    assert info["instruction"] == obs["instruction"] and "num_subgoals" in info
+
+
+@pytest.mark.parametrize("level", BABYAI_LEVELS)
+def test_babyai_bot_succeeds(level: str) -> None:
+    env = make_env(f"babyai:{level}", image_size=28)
+    expert = make_expert(env)
+    results = [run_expert(env, expert, seed=seed)["success"] for seed in range(5)]
+    assert all(results), results
+
+
+def test_babyai_generation_noise_stays_out_of_stdout(capfd) -> None:
+    env = make_env("babyai:BabyAI-PickupLoc-v0")
+    for seed in range(20):
+        env.reset(seed=seed)
+    assert capfd.readouterr().out == ""
+
+
+def test_mission_metadata() -> None:
+    assert MissionInfo.from_mission("pick up the red ball in front of you") == MissionInfo(True, 1)
+    assert MissionInfo.from_mission("go to the red ball and go to a key, then open a door") == MissionInfo(False, 3)
+
+
+# -- LIBERO ------------------------------------------------------------------------------------------
+def test_libero_smoke_check() -> None:
+    libero_pro = os.path.join(os.path.dirname(sys.executable), "libero-pro")
+    out = subprocess.run([libero_pro, "smoke", "--suite", "libero_spatial", "--steps", "2"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout[out.stdout.index("{"):])
+    assert report["render"] and report["observations"]["agentview_image"] == [128, 128, 3]
+
+
+def test_libero_passes_check_env(libero_state_only) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unbounded proprio is fine
+        check_env(libero_state_only, skip_render_check=True)
+    assert libero_state_only.max_steps == 220
+
+
+def test_libero_expert_succeeds_without_rendering(libero_state_only) -> None:
+    expert = make_expert(libero_state_only)
+    for state in (0, 7):
+        info = run_expert(libero_state_only, expert, options={"init_state": state})
+        assert info["success"] and info["init_state"] == state
+
+
+def test_libero_rendered_rollout_images_are_real() -> None:
+    env = make_env("libero:libero_spatial/0", image_size=64)
+    try:
+        obs, _ = env.reset(options={"init_state": 0})
+        expert = make_expert(env)
+        expert.reset()
+        first = obs
+        for _ in range(6):
+            obs, *_ = env.step(expert.act(obs))
+        for camera in ("agentview", "wrist"):
+            assert obs[camera].shape == (64, 64, 3) and obs[camera].dtype == np.uint8
+            assert obs[camera].std() > 5, f"{camera} image is constant"
+            assert np.abs(obs[camera].astype(int) - first[camera].astype(int)).mean() > 0.5, f"{camera} did not change"
+        assert np.abs(obs["agentview"].astype(int) - obs["wrist"].astype(int)).mean() > 10
+        assert obs["proprio"].shape == (8,) and np.isfinite(obs["proprio"]).all()
+        assert obs["instruction"].startswith("pick")
+    finally:
+        env.close()
+
+
+def test_libero_step_rejects_bad_actions(libero_state_only) -> None:
+    libero_state_only.reset(options={"init_state": 0})
+    with pytest.raises(ValueError, match="7 finite floats"):
+        libero_state_only.step(np.zeros(6))
+    with pytest.raises(ValueError, match="7 finite floats"):
+        libero_state_only.step(np.full(7, np.nan))
+    with pytest.raises(LiberoError, match="out of range"):
+        libero_state_only.reset(options={"init_state": 50})
+
+
+def test_suite_step_budgets() -> None:
+    assert [suite_max_steps(s) for s in ("libero_spatial", "libero_object", "libero_goal", "libero_10",
+                                         "libero_90", "libero_spatial_swap", "libero_10_lan")] == \
+        [220, 280, 300, 520, 400, 220, 520]
+
+
+# -- registry ----------------------------------------------------------------------------------------
+def test_registry_names_and_errors() -> None:
+    assert parse_env_name("libero:libero_spatial/3").task_id == 3
+    assert str(parse_env_name("babyai:BabyAI-GoToLocal-v0")) == "babyai:BabyAI-GoToLocal-v0"
+    with pytest.raises(EnvNameError, match="expected"):
+        parse_env_name("libero_spatial")
+    with pytest.raises(EnvNameError, match="task index"):
+        parse_env_name("libero:libero_spatial/x")
+    with pytest.raises(EnvNameError, match="unknown environment family"):
+        parse_env_name("alfred:kitchen")
+    with pytest.raises(EnvNameError, match="unknown BabyAI level"):
+        make_env("babyai:BabyAI-Nope-v0")
+    with pytest.raises(LiberoError, match="unknown LIBERO suite"):
+        make_env("libero:libero_nope/0")
+    with pytest.raises(LiberoError, match="out of range"):
+        make_env("libero:libero_spatial/10")
+
+
+# -- demonstrations ----------------------------------------------------------------------------------
+def test_demos_round_trip_and_resume(tmp_path) -> None:
+    settings = RecordSettings(out=tmp_path, image_size=28)
+    summary = record(["babyai:BabyAI-GoToSeqS5R2-v0"], 3, settings)
+    assert summary["environments"]["babyai:BabyAI-GoToSeqS5R2-v0"]["successes"] == 3
+    files = sorted(tmp_path.rglob("*.h5"))
+    assert len(files) == 3
+    episode = read_episode(files[0])
+    env = make_env("babyai:BabyAI-GoToSeqS5R2-v0", image_size=28)
+    obs, _ = env.reset(seed=episode.seed)
+    assert obs["instruction"] == episode.instruction
+    for t, action in enumerate(episode.actions):  # replaying the stored actions reproduces the stored frames
+        assert np.array_equal(obs["image"], episode.observations["image"][t])
+        obs, _, terminated, _, info = env.step(int(action))
+    assert terminated and info["success"] and episode.success
+    assert episode.observations["image"].dtype == np.uint8 and episode.actions.dtype.kind == "i"
+
+    lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    record(["babyai:BabyAI-GoToSeqS5R2-v0"], 4, settings)  # resume: only episode 3 is new
+    new = (tmp_path / "manifest.jsonl").read_text().splitlines()[len(lines):]
+    assert [json.loads(l)["index"] for l in new] == [3]
