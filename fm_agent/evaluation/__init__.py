@@ -1,0 +1,1 @@
+"""Rolling policies out in environments and summarising success."""

@@ -1,0 +1,132 @@
+"""Episodes of a policy in an environment, the policy called through a small ``Actor`` interface.
+
+An actor sees one observation per control step and returns a chunk of actions; the loop executes
+the chunk open-loop (as OpenVLA-OFT and openpi do) and asks again. The in-process actor keeps the
+frame history itself; the gRPC actor lets the server keep it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+TEXT_KEYS = ("instruction",)
+
+
+class Actor(Protocol):
+    def start_episode(self, instruction: str) -> None: ...
+
+    def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+        """Returns (actions (chunk, ...) , timings in ms)."""
+
+    def end_episode(self) -> None: ...
+
+
+class InProcessActor:
+    """A :class:`~fm_agent.model.VLAPolicy` called directly, under one mask spec."""
+
+    def __init__(self, policy, spec) -> None:
+        self.policy, self.spec = policy, spec
+        self.frames: deque = deque(maxlen=policy.config.history)
+        self.instruction = ""
+
+    def start_episode(self, instruction: str) -> None:
+        self.frames.clear()
+        self.instruction = instruction
+
+    def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+        from ..model import Observation
+
+        self.frames.append({c: observation[c] for c in self.policy.config.cameras})
+        proprio = observation.get("proprio") if self.policy.config.proprio_dim else None
+        result = self.policy.predict([Observation(list(self.frames), self.instruction, proprio)], self.spec)[0]
+        return result.actions, result.timings_ms
+
+    def end_episode(self) -> None:
+        self.frames.clear()
+
+
+@dataclass
+class EpisodeResult:
+    env: str
+    episode: int
+    seed: int
+    success: bool
+    steps: int
+    metadata: dict = field(default_factory=dict)
+    policy_ms: list[float] = field(default_factory=list)
+    env_ms: list[float] = field(default_factory=list)
+    server_ms: dict[str, list[float]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def run_episode(env, actor: Actor, env_name: str, episode: int, seed: int, options: dict | None = None,
+                max_steps: int | None = None) -> EpisodeResult:
+    obs, info = env.reset(seed=seed, options=options)
+    actor.start_episode(info["instruction"])
+    result = EpisodeResult(env_name, episode, seed, False, 0)
+    limit = max_steps or env.max_steps
+    try:
+        done = False
+        while not done and result.steps < limit:
+            start = time.perf_counter()
+            actions, timings = actor.act(obs)
+            result.policy_ms.append((time.perf_counter() - start) * 1e3)
+            for key, value in timings.items():
+                result.server_ms.setdefault(key, []).append(value)
+            for action in np.asarray(actions).reshape(len(actions), -1) if np.ndim(actions) > 1 else actions:
+                start = time.perf_counter()
+                obs, _, terminated, truncated, info = env.step(action if np.ndim(action) else int(action))
+                result.env_ms.append((time.perf_counter() - start) * 1e3)
+                result.steps += 1
+                done = terminated or truncated or result.steps >= limit
+                if done:
+                    break
+        result.success = bool(info.get("success", False))
+        result.metadata = {k: info[k] for k in ("has_location_phrase", "num_subgoals", "init_state") if k in info}
+    finally:
+        actor.end_episode()
+    return result
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% confidence interval of a success rate (Wilson score: sane at 0% and 100%)."""
+    if total == 0:
+        return 0.0, 0.0
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    array = np.asarray(values)
+    return {"mean": float(array.mean()), "p50": float(np.percentile(array, 50)),
+            "p95": float(np.percentile(array, 95)), "p99": float(np.percentile(array, 99))}
+
+
+def summarise(results: Sequence[EpisodeResult], split_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """Success (with a 95% interval) overall, per environment and per metadata value; latency percentiles."""
+    def block(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
+        wins = sum(r.success for r in rs)
+        low, high = wilson_interval(wins, len(rs))
+        return {"episodes": len(rs), "successes": wins, "success_rate": wins / max(1, len(rs)), "ci95": [low, high]}
+
+    ok = [r for r in results if r.error is None]
+    summary = {"overall": block(ok), "errors": len(results) - len(ok),
+               "per_env": {e: block([r for r in ok if r.env == e]) for e in sorted({r.env for r in ok})}}
+    for key in split_keys:
+        values = sorted({r.metadata.get(key) for r in ok}, key=str)
+        summary[f"by_{key}"] = {str(v): block([r for r in ok if r.metadata.get(key) == v]) for v in values}
+    summary["latency_ms"] = {"policy_round_trip": percentiles([x for r in ok for x in r.policy_ms]),
+                             "env_step": percentiles([x for r in ok for x in r.env_ms])}
+    for key in sorted({k for r in ok for k in r.server_ms}):
+        summary["latency_ms"][key] = percentiles([x for r in ok for x in r.server_ms.get(key, [])])
+    return summary

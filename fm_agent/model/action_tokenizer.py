@@ -1,0 +1,98 @@
+"""Actions as tokens: continuous dimensions binned, discrete actions as one token each.
+
+Token ``k`` of the action vocabulary is text-tokenizer id ``offset + k``. Continuous actions are
+normalised per dimension to [-1, 1] with statistics stored next to the weights (low/high are
+the 1st/99th percentiles of the training actions, as OpenVLA does, so outliers do not waste bins),
+then cut into ``bins`` equal bins; decoding returns bin centres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ActionTokenizer:
+    kind: str  # "continuous" | "discrete"
+    dims: int  # action dimensions (1 for discrete)
+    bins: int  # tokens per dimension (continuous) or number of actions (discrete)
+    offset: int = 0  # id of action token 0 in the text vocabulary
+    chunk: int = 1  # actions predicted per call
+    low: list[float] = field(default_factory=list)
+    high: list[float] = field(default_factory=list)
+    clip_low: list[float] = field(default_factory=list)  # the env's action bounds, applied after decoding
+    clip_high: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("continuous", "discrete"):
+            raise ValueError(f"kind must be 'continuous' or 'discrete', got {self.kind!r}")
+        if self.kind == "discrete" and self.dims != 1:
+            raise ValueError("discrete actions have one dimension")
+        if self.kind == "continuous" and not (len(self.low) == len(self.high) == self.dims):
+            raise ValueError(f"continuous actions need low/high statistics for each of {self.dims} dims")
+
+    @classmethod
+    def fit(cls, actions: np.ndarray, bins: int = 256, chunk: int = 1, clip: tuple[float, float] = (-1.0, 1.0),
+            quantile: float = 0.01) -> "ActionTokenizer":
+        """Statistics from training actions (N, D)."""
+        actions = np.asarray(actions, dtype=np.float64)
+        low, high = np.quantile(actions, quantile, axis=0), np.quantile(actions, 1 - quantile, axis=0)
+        high = np.where(high - low < 1e-6, low + 1e-6, high)  # constant dimensions still get a valid range
+        dims = actions.shape[1]
+        return cls("continuous", dims, bins, chunk=chunk, low=low.tolist(), high=high.tolist(),
+                   clip_low=[clip[0]] * dims, clip_high=[clip[1]] * dims)
+
+    @classmethod
+    def discrete(cls, num_actions: int, chunk: int = 1) -> "ActionTokenizer":
+        return cls("discrete", 1, num_actions, chunk=chunk)
+
+    @property
+    def tokens_per_action(self) -> int:
+        return self.dims if self.kind == "continuous" else 1
+
+    @property
+    def tokens_per_call(self) -> int:
+        return self.tokens_per_action * self.chunk
+
+    @property
+    def vocab_size(self) -> int:
+        return self.bins
+
+    def token_range(self) -> tuple[int, int]:
+        """[start, stop) of valid action token ids: constrained decoding keeps logits in here."""
+        return self.offset, self.offset + self.bins
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        """(C, D) floats or (C,) ints -> (C * tokens_per_action,) token ids."""
+        actions = np.asarray(actions)
+        if self.kind == "discrete":
+            ids = actions.astype(np.int64).reshape(-1)
+            if ids.min(initial=0) < 0 or ids.max(initial=0) >= self.bins:
+                raise ValueError(f"discrete action out of range [0, {self.bins})")
+            return ids + self.offset
+        actions = actions.reshape(-1, self.dims).astype(np.float64)
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        unit = np.clip(2 * (actions - low) / (high - low) - 1, -1, 1)
+        ids = np.minimum(np.floor((unit + 1) / 2 * self.bins), self.bins - 1).astype(np.int64)
+        return ids.reshape(-1) + self.offset
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        """Token ids -> (C, D) float32 (continuous) or (C,) int64 (discrete)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1) - self.offset
+        if ids.min(initial=0) < 0 or ids.max(initial=0) >= self.bins:
+            raise ValueError("token ids outside the action vocabulary")
+        if self.kind == "discrete":
+            return ids
+        unit = (ids.reshape(-1, self.dims) + 0.5) / self.bins * 2 - 1
+        low, high = np.asarray(self.low), np.asarray(self.high)
+        actions = (unit + 1) / 2 * (high - low) + low
+        return np.clip(actions, self.clip_low, self.clip_high).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ActionTokenizer":
+        return cls(**data)

@@ -1,0 +1,65 @@
+"""What a VLA checkpoint is, besides its transformers weights: saved as ``fm_agent_policy.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+POLICY_FILE = "fm_agent_policy.json"
+
+
+@dataclass
+class BackboneShape:
+    """A LLaVA backbone: SigLIP vision tower, two-layer projector, Llama decoder."""
+
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    intermediate: int = 512
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    patch_size: int = 8
+
+
+@dataclass
+class VLAConfig:
+    """Prompt and action conventions of one policy.
+
+    Prompt (ids): ``<bos>``, then for each of the last ``history`` steps, oldest first,
+    ``<frame>`` followed by each camera's image placeholders (``(image_size / patch_size)^2`` each),
+    then ``<instruction>`` + instruction words, then ``<proprio>`` + one bin token per proprio
+    dimension (if any), then ``<action>``; the model continues with the action tokens.
+    At the start of an episode the oldest available frame is repeated to fill the history.
+    """
+
+    env_family: str  # "babyai" | "libero"
+    cameras: list[str]
+    image_size: int
+    history: int
+    action_tokenizer: dict
+    proprio_dim: int = 0
+    proprio_bins: int = 32
+    proprio_low: list[float] = field(default_factory=list)
+    proprio_high: list[float] = field(default_factory=list)
+    backbone: BackboneShape = field(default_factory=BackboneShape)
+    default_mask: str = "causal"
+    training: dict = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / POLICY_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "VLAConfig":
+        path = Path(folder) / POLICY_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{folder} has no {POLICY_FILE}: not an fm-agent policy checkpoint")
+        data = json.loads(path.read_text())
+        data["backbone"] = BackboneShape(**data.get("backbone", {}))
+        return cls(**data)
+
+    @property
+    def tokens_per_image(self) -> int:
+        return (self.image_size // self.backbone.patch_size) ** 2

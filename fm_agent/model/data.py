@@ -1,0 +1,59 @@
+"""Behaviour-cloning samples from recorded episodes (the HDF5 layout of ``envs.recording``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class EpisodeArrays:
+    instruction: str
+    frames: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8
+    proprio: np.ndarray | None  # (T, P) float32
+    actions: np.ndarray  # (T, D) float32 or (T,) int64
+    metadata: dict
+
+
+def load_episodes(folder: Path, cameras: Sequence[str], limit: int | None = None) -> list[EpisodeArrays]:
+    """Every episode file under ``folder`` (sorted, so splits are reproducible)."""
+    from envs.recording import read_episode
+
+    files = sorted(Path(folder).rglob("episode_*.h5"))[:limit]
+    if not files:
+        raise FileNotFoundError(f"no episode_*.h5 files under {folder}: record demonstrations first "
+                                "(launch/record_demos.py)")
+    episodes = []
+    for path in files:
+        e = read_episode(path)
+        missing = [c for c in cameras if c not in e.observations]
+        if missing:
+            raise ValueError(f"{path} lacks cameras {missing}; it has {sorted(e.observations)}")
+        episodes.append(EpisodeArrays(e.instruction, {c: e.observations[c] for c in cameras},
+                                      e.observations.get("proprio"), e.actions, e.metadata))
+    return episodes
+
+
+@dataclass(frozen=True)
+class Sample:
+    episode: int
+    step: int
+
+
+def all_samples(episodes: Sequence[EpisodeArrays]) -> list[Sample]:
+    return [Sample(i, t) for i, e in enumerate(episodes) for t in range(len(e.actions))]
+
+
+def history_frames(episode: EpisodeArrays, step: int, history: int) -> list[dict[str, np.ndarray]]:
+    """The ``history`` frames ending at ``step``, oldest first (repeating frame 0 at the start)."""
+    steps = [max(0, s) for s in range(step - history + 1, step + 1)]
+    return [{c: frames[s] for c, frames in episode.frames.items()} for s in steps]
+
+
+def action_chunk(episode: EpisodeArrays, step: int, chunk: int) -> np.ndarray:
+    """Actions ``step .. step + chunk - 1``, the last one repeated past the end of the episode."""
+    index = np.minimum(np.arange(step, step + chunk), len(episode.actions) - 1)
+    return episode.actions[index]

@@ -1,0 +1,200 @@
+"""The VLA: a transformers LLaVA backbone, a word-level tokenizer and an action tokenizer.
+
+``VLAPolicy.predict_action`` is the one verb the server and the evaluation loops use. It builds
+the multi-frame prompt, runs prefill and constrained greedy decoding of the action tokens under
+the requested attention mask, and returns actions with a timing breakdown.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from transformers import (AutoModelForImageTextToText, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                          PreTrainedTokenizerFast, SiglipVisionConfig)
+
+from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
+from ..attention.generation import decode_one_token, prefill
+from .action_tokenizer import ActionTokenizer
+from .configuration_vla import VLAConfig
+from .text_tokenizer import ACTION, BOS, FRAME, IMAGE, INSTRUCTION, PROPRIO, build_tokenizer, proprio_token, words
+
+Frame = Mapping[str, np.ndarray]  # camera name -> (H, W, 3) uint8
+
+
+@dataclass
+class Observation:
+    """One control step's input: frames oldest first (the last is the current one)."""
+
+    frames: Sequence[Frame]
+    instruction: str
+    proprio: np.ndarray | None = None
+
+
+@dataclass
+class ActionResult:
+    actions: np.ndarray  # (chunk, dims) float32 or (chunk,) int64
+    tokens: np.ndarray  # (tokens_per_call,) ids
+    timings_ms: dict[str, float]
+
+
+def build_backbone(config: VLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int,
+                   seed: int = 0) -> LlavaForConditionalGeneration:
+    shape = config.backbone
+    prompt_tokens = 16 + config.history * (1 + len(config.cameras) * config.tokens_per_image) + 64
+    vision = SiglipVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=4 * shape.vision_hidden,
+                                num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
+                                image_size=config.image_size, patch_size=shape.patch_size)
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+                       num_key_value_heads=shape.kv_heads, max_position_embeddings=max(512, 2 * prompt_tokens),
+                       pad_token_id=pad_token_id, tie_word_embeddings=True)
+    llava = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                        vision_feature_layer=-1, vision_feature_select_strategy="full",
+                        projector_hidden_act="gelu", attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(llava)
+
+
+class VLAPolicy:
+    """A loaded policy. Not thread-safe for concurrent ``predict`` calls on one instance unless the
+    caller serialises them (the server runs one worker per model)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, config: VLAConfig) -> None:
+        self.model = enable_future_attention(model).eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.actions = ActionTokenizer.from_dict(config.action_tokenizer)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
+        self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS, FRAME, INSTRUCTION, PROPRIO, ACTION)}
+        self._proprio_base = tokenizer.convert_tokens_to_ids(proprio_token(0))
+
+    # -- construction -----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: VLAConfig, instructions: Sequence[str], seed: int = 0) -> "VLAPolicy":
+        """A new, randomly initialised policy whose vocabulary covers ``instructions``."""
+        actions = ActionTokenizer.from_dict(config.action_tokenizer)
+        tokenizer = build_tokenizer(instructions, actions.bins, config.proprio_bins)
+        actions.offset = tokenizer.convert_tokens_to_ids("<a0>")
+        config.action_tokenizer = actions.to_dict()
+        model = build_backbone(config, len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE),
+                               tokenizer.pad_token_id, seed)
+        return cls(model, tokenizer, config)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        self.config.save(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "VLAPolicy":
+        """Load an fm-agent checkpoint, or any local LLaVA-family folder that carries ``fm_agent_policy.json``."""
+        folder = Path(folder)
+        config = VLAConfig.load(folder)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+        tokenizer.padding_side = "left"
+        model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
+        return cls(model, tokenizer, config)
+
+    # -- prompt -----------------------------------------------------------------------------------
+    def _history(self, frames: Sequence[Frame]) -> list[Frame]:
+        if not frames:
+            raise ValueError("an observation needs at least one frame")
+        frames = list(frames)[-self.config.history:]
+        return [frames[0]] * (self.config.history - len(frames)) + frames
+
+    def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
+        if not instruction or not instruction.strip():
+            raise ValueError("the instruction is empty")
+        ids = [self._ids[BOS]]
+        for _ in range(self.config.history):
+            ids.append(self._ids[FRAME])
+            ids += [self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))
+        ids.append(self._ids[INSTRUCTION])
+        ids += self.tokenizer.convert_tokens_to_ids(words(instruction))
+        if self.config.proprio_dim:
+            ids.append(self._ids[PROPRIO])
+            ids += (self._proprio_bins(proprio) + self._proprio_base).tolist()
+        ids.append(self._ids[ACTION])
+        return ids
+
+    def _proprio_bins(self, proprio: np.ndarray | None) -> np.ndarray:
+        if proprio is None:
+            raise ValueError(f"this policy needs proprio ({self.config.proprio_dim} floats)")
+        proprio = np.asarray(proprio, dtype=np.float64).reshape(-1)
+        if proprio.shape[0] != self.config.proprio_dim or not np.all(np.isfinite(proprio)):
+            raise ValueError(f"proprio must be {self.config.proprio_dim} finite floats, got {proprio.shape[0]}")
+        low, high = np.asarray(self.config.proprio_low), np.asarray(self.config.proprio_high)
+        unit = np.clip((proprio - low) / np.maximum(high - low, 1e-6), 0, 1)
+        return np.minimum((unit * self.config.proprio_bins).astype(np.int64), self.config.proprio_bins - 1)
+
+    def pixel_values(self, frames: Sequence[Frame]) -> torch.Tensor:
+        """(history * cameras, 3, S, S) in [-1, 1], frames oldest first, cameras in config order."""
+        images = []
+        for frame in self._history(frames):
+            for camera in self.config.cameras:
+                if camera not in frame:
+                    raise ValueError(f"frame lacks camera {camera!r} (expected {self.config.cameras})")
+                image = np.asarray(frame[camera])
+                if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                    raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+                images.append(torch.from_numpy(np.ascontiguousarray(image)))
+        pixels = torch.stack(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        size = self.config.image_size
+        if pixels.shape[-1] != size or pixels.shape[-2] != size:
+            pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                                                     align_corners=False)
+        return pixels
+
+    def encode(self, observations: Sequence[Observation]) -> dict[str, torch.Tensor]:
+        """A left-padded batch: input_ids, attention_mask (B, L) and pixel_values (B * n_images, 3, S, S)."""
+        prompts = [self.prompt_ids(o.instruction, o.proprio) for o in observations]
+        length = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (length - len(p)) + p for p in prompts])
+        attention_mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+        pixels = torch.cat([self.pixel_values(o.frames) for o in observations])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixels}
+
+    # -- acting -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, observations: Sequence[Observation], spec: FutureMaskSpec | None = None) -> list[ActionResult]:
+        """Actions for a batch of observations under one mask spec (constrained greedy decoding)."""
+        spec = spec or FutureMaskSpec.parse(self.config.default_mask)
+        start = time.perf_counter()
+        inputs = self.encode(observations)
+        visual = inputs["input_ids"] == self.image_token_id
+        context = FutureAttention(spec, visual)
+        t_pre = time.perf_counter()
+        model_inputs = {"pixel_values": inputs["pixel_values"]}
+        logits, cache = prefill(self.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                **model_inputs)
+        t_prefill = time.perf_counter()
+        lo, hi = self.actions.token_range()
+        sequence, mask, chosen = inputs["input_ids"], inputs["attention_mask"], []
+        for step in range(self.actions.tokens_per_call):
+            token = logits[:, lo:hi].argmax(-1, keepdim=True) + lo  # only action tokens are valid
+            chosen.append(token)
+            if step + 1 == self.actions.tokens_per_call:
+                break
+            sequence = torch.cat([sequence, token], dim=-1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+            logits = decode_one_token(self.model, context, sequence, cache, mask, **model_inputs)
+        end = time.perf_counter()
+        tokens = torch.cat(chosen, dim=-1).numpy()
+        timings = {"preprocess_ms": (t_pre - start) * 1e3, "prefill_ms": (t_prefill - t_pre) * 1e3,
+                   "decode_ms": (end - t_prefill) * 1e3, "total_ms": (end - start) * 1e3}
+        shape = (self.actions.chunk, self.actions.dims) if self.actions.kind == "continuous" else (self.actions.chunk,)
+        return [ActionResult(self.actions.decode(t).reshape(shape), t, dict(timings)) for t in tokens]
+
+    def predict_action(self, frames: Sequence[Frame], instruction: str, proprio: np.ndarray | None = None,
+                       mask: str = "causal", decode_mode: str = "prefill", merge=None) -> ActionResult:
+        """One observation; ``merge`` is a MergeOptions or None."""
+        spec = FutureMaskSpec(mask=mask, decode_mode=decode_mode, merge=merge)  # type: ignore[arg-type]
+        return self.predict([Observation(frames, instruction, proprio)], spec)[0]

@@ -1,0 +1,207 @@
+"""Behaviour cloning: cross-entropy on the action tokens, with a chosen training-time mask.
+
+Visual rows only ever see the prompt: the target action tokens appended for teacher forcing are
+outside the admitted future (``FutureAttention`` restricts the future to the prompt), otherwise a
+future-aware mask would leak the labels into the image tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..attention import FutureAttention, FutureMaskSpec
+from .data import EpisodeArrays, Sample, action_chunk, all_samples, history_frames
+from .modeling_vla import Observation, VLAPolicy
+
+CHECKPOINT_STATE = "training_state.pt"
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    train_masks: tuple[str, ...] = ("causal",)  # one label, or several: one drawn per batch
+    validate_every: int = 200
+    checkpoint_every: int = 500
+    seed: int = 0
+    threads: int = 2
+    max_minutes: float | None = None
+
+
+@dataclass
+class TrainLog:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Sequence[Sample]) -> dict:
+    """Prompt + target action tokens; labels are -100 except on the targets."""
+    cfg, actions = policy.config, policy.actions
+    observations, targets = [], []
+    for s in samples:
+        e = episodes[s.episode]
+        proprio = e.proprio[s.step] if cfg.proprio_dim else None
+        observations.append(Observation(history_frames(e, s.step, cfg.history), e.instruction, proprio))
+        targets.append(actions.encode(action_chunk(e, s.step, actions.chunk)))
+    inputs = policy.encode(observations)
+    target = torch.tensor(np.stack(targets))
+    prompt_len = inputs["input_ids"].shape[1]
+    input_ids = torch.cat([inputs["input_ids"], target], dim=1)
+    attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(target)], dim=1)
+    labels = torch.full_like(input_ids, -100)
+    labels[:, prompt_len:] = target
+    visual = inputs["input_ids"] == policy.image_token_id  # prompt only: the future ends at the prompt
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": inputs["pixel_values"],
+            "labels": labels, "visual": visual}
+
+
+def forward_loss(policy: VLAPolicy, batch: dict, spec: FutureMaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean loss and per-sample exact-match of the greedy action tokens (constrained to the action range)."""
+    context = FutureAttention(spec, batch["visual"])
+    out = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"], labels=batch["labels"], future_attention=context)
+    n = policy.actions.tokens_per_call
+    lo, hi = policy.actions.token_range()
+    predicted = out.logits[:, -n - 1:-1, lo:hi].argmax(-1) + lo
+    correct = (predicted == batch["labels"][:, -n:]).all(-1)
+    return out.loss, correct
+
+
+def _schedule(step: int, settings: TrainSettings) -> float:
+    if step < settings.warmup:
+        return (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def validate(policy: VLAPolicy, episodes, samples: Sequence[Sample], batch_size: int,
+             spec: FutureMaskSpec) -> tuple[float, float]:
+    policy.model.eval()
+    losses, correct = [], []
+    for start in range(0, len(samples), batch_size):
+        batch = make_batch(policy, episodes, samples[start:start + batch_size])
+        loss, ok = forward_loss(policy, batch, spec)
+        losses.append(loss.item() * len(ok))
+        correct.append(ok.float().sum().item())
+    policy.model.train()
+    total = max(1, len(samples))
+    return sum(losses) / total, sum(correct) / total
+
+
+def train(policy: VLAPolicy, train_eps: Sequence[EpisodeArrays], val_eps: Sequence[EpisodeArrays],
+          settings: TrainSettings, out: Path, progress: Callable | None = None, resume: bool = True) -> TrainLog:
+    """Train in place; checkpoints (weights + optimiser + log) go to ``out``; resumes from it if present."""
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    np.random.seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = [FutureMaskSpec.parse(label) for label in settings.train_masks]
+    for spec in specs:
+        if spec.decode_mode == "full" and spec.merge is None and not spec.is_causal:
+            raise ValueError("train with prefill-mode or merged masks: 'full' would let images see the targets")
+    optimiser = torch.optim.AdamW(policy.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _schedule(s, settings))
+    log, step = TrainLog(), 0
+    state_path = out / CHECKPOINT_STATE
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        policy.model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        log, step = TrainLog(**state["log"]), state["step"]
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+    samples = all_samples(train_eps)
+    val_samples = all_samples(val_eps)
+    val_samples = random.Random(settings.seed).sample(val_samples, min(len(val_samples), 512))
+    policy.model.train()
+    bar = progress(total=settings.steps, initial=step) if progress else None
+    started = time.perf_counter() - log.seconds
+
+    def checkpoint() -> None:
+        log.seconds = time.perf_counter() - started
+        torch.save({"model": policy.model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(), "log": asdict(log), "step": step,
+                    "python_rng": random.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
+
+    while step < settings.steps:
+        spec = random.choice(specs)
+        batch = make_batch(policy, train_eps, random.sample(samples, min(settings.batch_size, len(samples))))
+        loss, _ = forward_loss(policy, batch, spec)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.model.parameters(), 1.0)
+        optimiser.step()
+        scheduler.step()
+        step += 1
+        log.steps.append(step)
+        log.loss.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", mask=spec.label)
+        if step % settings.validate_every == 0 or step == settings.steps:
+            val_loss, val_acc = validate(policy, val_eps, val_samples, 64, specs[0])
+            log.val_steps.append(step)
+            log.val_loss.append(val_loss)
+            log.val_accuracy.append(val_acc)
+            if bar is not None:
+                bar.write(f"step {step}: train loss {np.mean(log.loss[-50:]):.4f}, val loss {val_loss:.4f}, "
+                          f"val action accuracy {val_acc:.3f}")
+        if step % settings.checkpoint_every == 0:
+            checkpoint()
+        minutes = (time.perf_counter() - started) / 60
+        if settings.max_minutes is not None and minutes >= settings.max_minutes:
+            if bar is not None:
+                bar.write(f"stopping at step {step}: the {settings.max_minutes} minute budget is spent")
+            break
+    log.seconds = time.perf_counter() - started
+    checkpoint()
+    if bar is not None:
+        bar.close()
+    return log
+
+
+def plot_losses(log: TrainLog, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    window = max(1, len(log.loss) // 100)
+    smooth = np.convolve(log.loss, np.ones(window) / window, mode="valid") if log.loss else []
+    a.plot(log.steps[:len(smooth)], smooth, label="train (smoothed)")
+    a.plot(log.val_steps, log.val_loss, "o-", label="validation")
+    a.set_yscale("log")
+    a.set_xlabel("step")
+    a.set_title("action-token cross-entropy")
+    a.legend()
+    b.plot(log.val_steps, log.val_accuracy, "o-")
+    b.set_ylim(0, 1)
+    b.set_xlabel("step")
+    b.set_title("validation: all action tokens right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_log(log: TrainLog, path: Path) -> None:
+    path.write_text(json.dumps(asdict(log)))

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Train a VLA by behaviour cloning on recorded expert demonstrations.
+
+Examples:
+  python launch/train_bc.py --preset babyai --data data/demos/babyai --out checkpoints/babyai --max-minutes 12
+  python launch/train_bc.py --preset libero --data data/demos/libero_spatial_64 --out checkpoints/libero_spatial
+  python launch/train_bc.py --preset babyai --data ... --train-mask causal Mf Mv2t+merge   # one mask drawn per batch
+Re-running with the same --out resumes from its training_state.pt (use --fresh to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+PRESETS = {
+    "babyai": dict(cameras=["image"], image_size=56, history=4, chunk=1, patch=8, proprio=False),
+    "libero": dict(cameras=["agentview", "wrist"], image_size=64, history=2, chunk=4, patch=16, proprio=True),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="prompt/action conventions")
+    parser.add_argument("--data", type=Path, required=True, help="folder of recorded episodes")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--history", type=int, help="frames per camera in the prompt (K)")
+    parser.add_argument("--chunk", type=int, help="actions predicted per call")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--bins", type=int, default=256, help="bins per continuous action dimension")
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-mask", nargs="+", default=["causal"], help="training-time mask label(s)")
+    parser.add_argument("--max-episodes", type=int, help="use at most this many episodes")
+    parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--validate-every", type=int, default=250)
+    parser.add_argument("--max-minutes", type=float, help="stop after this much training time")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing training state in --out")
+    args = parser.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
+    from fm_agent.model.data import load_episodes
+    from fm_agent.model.training import TrainSettings, plot_losses, save_log, train
+
+    preset = PRESETS[args.preset]
+    cameras = preset["cameras"]
+    episodes = load_episodes(args.data, cameras, args.max_episodes)
+    order = list(range(len(episodes)))
+    random.Random(args.seed).shuffle(order)
+    n_val = max(1, int(len(order) * args.val_fraction))
+    val_eps = [episodes[i] for i in order[:n_val]]
+    train_eps = [episodes[i] for i in order[n_val:]]
+    chunk = args.chunk or preset["chunk"]
+    actions = np.concatenate([e.actions for e in train_eps])
+    if args.preset == "babyai":
+        action_tokenizer = ActionTokenizer.discrete(7, chunk=chunk)
+    else:
+        action_tokenizer = ActionTokenizer.fit(actions, bins=args.bins, chunk=chunk)
+    proprio_low = proprio_high = []
+    proprio_dim = 0
+    if preset["proprio"]:
+        proprio = np.concatenate([e.proprio for e in train_eps])
+        proprio_dim = proprio.shape[1]
+        proprio_low, proprio_high = np.quantile(proprio, 0.01, 0).tolist(), np.quantile(proprio, 0.99, 0).tolist()
+    config = VLAConfig(
+        env_family=args.preset, cameras=cameras, image_size=args.image_size or preset["image_size"],
+        history=args.history or preset["history"], action_tokenizer=action_tokenizer.to_dict(),
+        proprio_dim=proprio_dim, proprio_low=proprio_low, proprio_high=proprio_high,
+        backbone=BackboneShape(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                               intermediate=int(args.hidden * 8 / 3) // 16 * 16, patch_size=preset["patch"]),
+    )
+    policy = VLAPolicy.create(config, [e.instruction for e in episodes], seed=args.seed)
+    params = sum(p.numel() for p in policy.model.parameters())
+    print(f"{len(train_eps)} training / {len(val_eps)} validation episodes, "
+          f"{sum(len(e.actions) for e in train_eps)} samples; model {params / 1e6:.2f}M parameters; "
+          f"prompt {len(policy.prompt_ids(train_eps[0].instruction, train_eps[0].proprio[0] if proprio_dim else None))} tokens")
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             train_masks=tuple(args.train_mask), validate_every=args.validate_every,
+                             checkpoint_every=args.validate_every, seed=args.seed, threads=args.threads,
+                             max_minutes=args.max_minutes)
+    log = train(policy, train_eps, val_eps, settings, args.out, progress=lambda **kw: tqdm(desc="training", **kw),
+                resume=not args.fresh)
+    policy.config.training = {
+        "command": " ".join(sys.argv), "data": str(args.data), "episodes": len(episodes),
+        "train_masks": list(args.train_mask), "steps": log.steps[-1] if log.steps else 0,
+        "minutes": round(log.seconds / 60, 2), "parameters": params,
+        "val_loss": log.val_loss[-1] if log.val_loss else None,
+        "val_action_accuracy": log.val_accuracy[-1] if log.val_accuracy else None,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "torch_threads": args.threads,
+    }
+    policy.save_pretrained(args.out)
+    plot_losses(log, args.out / "loss.png")
+    save_log(log, args.out / "train_log.json")
+    print(json.dumps(policy.config.training, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The VLA: action tokenizer, prompt, predict under every mask, save/load, a training step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fm_agent.attention import ALL_SPEC_LABELS, FutureMaskSpec
+from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
+from fm_agent.model.data import EpisodeArrays
+from fm_agent.model.training import TrainSettings, make_batch, forward_loss, train
+
+TINY = BackboneShape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vision_hidden=16,
+                     vision_layers=1, vision_heads=2, patch_size=8)
+INSTRUCTIONS = ["pick up the black bowl and place it on the plate", "go to the red ball, then open a door"]
+
+
+def libero_like(seed: int = 0, chunk: int = 2) -> VLAPolicy:
+    rng = np.random.default_rng(seed)
+    tokenizer = ActionTokenizer.fit(rng.uniform(-1, 1, (500, 7)), bins=32, chunk=chunk)
+    config = VLAConfig(env_family="libero", cameras=["agentview", "wrist"], image_size=16, history=2,
+                       action_tokenizer=tokenizer.to_dict(), proprio_dim=8, proprio_bins=8,
+                       proprio_low=[-1.0] * 8, proprio_high=[1.0] * 8, backbone=TINY)
+    return VLAPolicy.create(config, INSTRUCTIONS, seed=seed)
+
+
+def babyai_like(seed: int = 0) -> VLAPolicy:
+    config = VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=3,
+                       action_tokenizer=ActionTokenizer.discrete(7).to_dict(), backbone=TINY)
+    return VLAPolicy.create(config, INSTRUCTIONS, seed=seed)
+
+
+def frames(cameras, n: int = 2, seed: int = 0, size: int = 16):
+    rng = np.random.default_rng(seed)
+    return [{c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in cameras} for _ in range(n)]
+
+
+# -- action tokenizer --------------------------------------------------------------------------------
+def test_continuous_round_trip_and_bounds() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.uniform(-1, 1, (1000, 7))
+    tok = ActionTokenizer.fit(data, bins=256, chunk=3)
+    tok.offset = 100
+    actions = rng.uniform(-0.9, 0.9, (3, 7))
+    ids = tok.encode(actions)
+    assert ids.shape == (21,) and ids.min() >= 100 and ids.max() < 356
+    width = (np.asarray(tok.high) - np.asarray(tok.low)) / 256
+    assert np.all(np.abs(tok.decode(ids) - actions) <= width / 2 + 1e-6)
+    extreme = tok.decode(tok.encode(np.full((1, 7), 50.0)))
+    assert np.all(extreme <= 1.0) and np.all(extreme >= np.asarray(tok.high) - width)
+    assert ActionTokenizer.from_dict(tok.to_dict()) == tok
+    with pytest.raises(ValueError, match="outside"):
+        tok.decode(np.array([5]))
+
+
+def test_discrete_round_trip() -> None:
+    tok = ActionTokenizer.discrete(7)
+    tok.offset = 40
+    assert list(tok.decode(tok.encode(np.arange(7)))) == list(range(7))
+    with pytest.raises(ValueError, match="out of range"):
+        tok.encode(np.array([7]))
+
+
+# -- prediction --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("label", ALL_SPEC_LABELS)
+def test_predict_under_every_mask(label: str) -> None:
+    policy = libero_like()
+    obs = Observation(frames(["agentview", "wrist"]), INSTRUCTIONS[0], np.zeros(8))
+    result = policy.predict([obs], FutureMaskSpec.parse(label))[0]
+    assert result.actions.shape == (2, 7) and np.all(np.abs(result.actions) <= 1)
+    assert {"prefill_ms", "decode_ms", "total_ms"} <= set(result.timings_ms)
+    lo, hi = policy.actions.token_range()
+    assert np.all((result.tokens >= lo) & (result.tokens < hi))
+
+
+def test_batch_equals_single_predictions() -> None:
+    """Left padding of prompts of different lengths changes nothing."""
+    policy = libero_like()
+    observations = [Observation(frames(["agentview", "wrist"], seed=s), INSTRUCTIONS[s % 2], np.full(8, 0.1 * s))
+                    for s in range(3)]
+    for label in ("causal", "Mf/prefill", "Mv2t+merge"):
+        spec = FutureMaskSpec.parse(label)
+        batch = policy.predict(observations, spec)
+        singles = [policy.predict([o], spec)[0] for o in observations]
+        for b, s in zip(batch, singles):
+            assert np.array_equal(b.tokens, s.tokens), label
+
+
+def test_actions_come_from_the_weights() -> None:
+    policy = babyai_like()
+    observations = [Observation(frames(["image"], seed=s), INSTRUCTIONS[1]) for s in range(8)]
+    before = [r.actions[0] for r in policy.predict(observations)]
+    with torch.no_grad():
+        policy.model.lm_head.weight.add_(torch.randn_like(policy.model.lm_head.weight))
+    after = [r.actions[0] for r in policy.predict(observations)]
+    assert before != after
+
+
+def test_masks_change_the_action_logits() -> None:
+    policy = babyai_like()
+    obs = Observation(frames(["image"], n=3), INSTRUCTIONS[1])
+    inputs = policy.encode([obs])
+    from fm_agent.attention import FutureAttention
+
+    with torch.no_grad():
+        logits = {label: policy.model(**inputs, future_attention=FutureAttention(
+            FutureMaskSpec.parse(label), inputs["input_ids"] == policy.image_token_id)).logits[0, -1]
+                  for label in ("causal", "Mf/prefill", "Mv2v+merge")}
+    assert not torch.allclose(logits["causal"], logits["Mf/prefill"])
+    assert not torch.allclose(logits["causal"], logits["Mv2v+merge"])
+
+
+def test_save_load_gives_identical_outputs(tmp_path) -> None:
+    policy = libero_like()
+    policy.save_pretrained(tmp_path)
+    loaded = VLAPolicy.from_pretrained(tmp_path)
+    obs = Observation(frames(["agentview", "wrist"]), INSTRUCTIONS[0], np.zeros(8))
+    for label in ("causal", "Mf+merge"):
+        a = policy.predict([obs], FutureMaskSpec.parse(label))[0]
+        b = loaded.predict([obs], FutureMaskSpec.parse(label))[0]
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.actions, b.actions)
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_bad_inputs_get_clear_errors() -> None:
+    policy = libero_like()
+    good = frames(["agentview", "wrist"])
+    with pytest.raises(ValueError, match="uint8"):
+        policy.predict([Observation([{**good[0], "wrist": good[0]["wrist"].astype(np.float32)}], "pick", np.zeros(8))])
+    with pytest.raises(ValueError, match="lacks camera"):
+        policy.predict([Observation([{"agentview": good[0]["agentview"]}], "pick", np.zeros(8))])
+    with pytest.raises(ValueError, match="instruction is empty"):
+        policy.predict([Observation(good, "  ", np.zeros(8))])
+    with pytest.raises(ValueError, match="finite"):
+        policy.predict([Observation(good, "pick", np.full(8, np.nan))])
+    with pytest.raises(ValueError, match="at least one frame"):
+        policy.predict([Observation([], "pick", np.zeros(8))])
+
+
+# -- training ----------------------------------------------------------------------------------------
+def tiny_episodes(n: int = 6, steps: int = 5) -> list[EpisodeArrays]:
+    rng = np.random.default_rng(0)
+    return [EpisodeArrays(INSTRUCTIONS[i % 2], {"image": rng.integers(0, 256, (steps, 16, 16, 3), dtype=np.uint8)},
+                          None, rng.integers(0, 7, steps), {}) for i in range(n)]
+
+
+@pytest.mark.parametrize("mask", ["causal", "Mf/prefill", "Mv2t+merge"])
+def test_training_lowers_the_loss(mask: str, tmp_path) -> None:
+    policy, episodes = babyai_like(), tiny_episodes()
+    from fm_agent.model.data import all_samples
+
+    batch = make_batch(policy, episodes, all_samples(episodes)[:16])
+    spec = FutureMaskSpec.parse(mask)
+    with torch.no_grad():
+        before = forward_loss(policy, batch, spec)[0].item()
+    settings = TrainSettings(steps=15, batch_size=16, lr=3e-3, warmup=2, train_masks=(mask,), validate_every=15,
+                             checkpoint_every=15, threads=1)
+    log = train(policy, episodes, episodes[:2], settings, tmp_path)
+    policy.model.eval()
+    with torch.no_grad():
+        after = forward_loss(policy, batch, spec)[0].item()
+    assert after < before * 0.8, (before, after)
+    assert (tmp_path / "training_state.pt").exists() and len(log.val_loss) == 1
+
+
+def test_training_never_shows_targets_to_images() -> None:
+    """With Mf the images may see the prompt's future but not the appended targets: changing a target
+    token must not change the logits at any prompt position."""
+    policy, episodes = libero_like(chunk=2), None
+    obs_frames = frames(["agentview", "wrist"])
+    from fm_agent.model.data import EpisodeArrays as E
+
+    base = E(INSTRUCTIONS[0], {c: np.stack([f[c] for f in obs_frames]) for c in ("agentview", "wrist")},
+             np.zeros((2, 8), np.float32), np.zeros((2, 7), np.float32), {})
+    other = E(base.instruction, base.frames, base.proprio, np.full((2, 7), 0.9, np.float32), {})
+    from fm_agent.model.data import Sample
+
+    a, b = (make_batch(policy, [e], [Sample(0, 1)]) for e in (base, other))
+    from fm_agent.attention import FutureAttention
+
+    spec = FutureMaskSpec.parse("Mf/prefill")
+    with torch.no_grad():
+        la, lb = (policy.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                               pixel_values=x["pixel_values"],
+                               future_attention=FutureAttention(spec, x["visual"])).logits for x in (a, b))
+    prompt = a["visual"].shape[1]
+    torch.testing.assert_close(la[:, :prompt], lb[:, :prompt], atol=0, rtol=0)
