@@ -19,6 +19,57 @@ def _masks(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_CHECKPOINT = "checkpoints/libero_spatial"
+
+
+class _JsonFormatter:
+    """One JSON object per line; messages that are JSON objects themselves are merged in."""
+
+    def format(self, record) -> str:  # logging.Formatter protocol
+        import json
+
+        entry = {"time": record.created, "level": record.levelname, "logger": record.name}
+        message = record.getMessage()
+        try:
+            parsed = json.loads(message)
+            entry.update(parsed if isinstance(parsed, dict) else {"message": parsed})
+        except ValueError:
+            entry["message"] = message
+        if record.exc_info:
+            import traceback
+
+            entry["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    from pathlib import Path
+
+    from .model import VLAPolicy
+    from .serving.server import ServerSettings, serve
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter() if args.json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists():
+        print(f"checkpoint {checkpoint} does not exist", file=sys.stderr)
+        return 2
+    spec = args.mask + ("+merge" if args.merge else (f"/{args.decode_mode}" if args.mask != "causal" else ""))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    policy = VLAPolicy.from_pretrained(checkpoint)
+    settings = ServerSettings(host=args.host, port=args.port, default_mask=spec, max_episodes=args.max_episodes,
+                              idle_timeout_s=args.idle_timeout, max_batch=args.max_batch,
+                              batch_window_ms=args.batch_window_ms, max_message_bytes=args.max_message_mb << 20,
+                              token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                              model_name=checkpoint.name)
+    return asyncio.run(serve(policy, settings))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fm-agent", description="Future-aware VLA policy tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     profile = sub.add_parser("profile", help="prefill/decode latency of every mask (writes JSON + PNG)")
     add_arguments(profile)
     profile.set_defaults(func=profile_main)
+
+    from pathlib import Path
+
+    serve = sub.add_parser("serve", help="run the gRPC policy server")
+    serve.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="policy folder (default: embedded LIBERO)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port (printed at start)")
+    serve.add_argument("--mask", default="causal", choices=["causal", "Mf", "Mv2v", "Mv2t"],
+                       help="default mask for episodes that do not choose one")
+    serve.add_argument("--merge", action="store_true", help="default to the merged variant")
+    serve.add_argument("--decode-mode", default="prefill", choices=["prefill", "full"])
+    serve.add_argument("--max-episodes", type=int, default=256)
+    serve.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle episode is freed")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests per forward pass (micro-batching)")
+    serve.add_argument("--batch-window-ms", type=float, default=2.0, help="how long to wait for more requests")
+    serve.add_argument("--max-message-mb", type=int, default=16)
+    serve.add_argument("--token", help="require 'authorization: Bearer TOKEN' (use beyond loopback)")
+    serve.add_argument("--tls-cert", type=Path)
+    serve.add_argument("--tls-key", type=Path)
+    serve.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    serve.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
+    serve.set_defaults(func=_serve)
 
     masks = sub.add_parser("masks", help="print which keys each query may see under a mask")
     masks.add_argument("--layout", default="T4 V4 T2 V4 T3", help="token layout, e.g. 'T4 V4 T2 V4 T3'")

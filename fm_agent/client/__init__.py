@@ -1,0 +1,196 @@
+"""A light client for the fm-agent policy server: grpcio, protobuf and numpy only (no torch).
+
+    from fm_agent.client import PolicyClient
+
+    with PolicyClient("127.0.0.1:50051") as client:
+        episode = client.start_episode("put the bowl on the plate", mask="Mf", merge=True)
+        actions = client.act(episode, {"agentview": rgb, "wrist": rgb2}, proprio=state).actions
+
+Calls carry a deadline; ``UNAVAILABLE`` (server restarting, connection refused) is retried with
+exponential backoff, and the channel reconnects by itself once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import grpc
+import numpy as np
+
+from ..v1 import policy_pb2 as pb
+from ..v1 import policy_pb2_grpc as pb_grpc
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+
+__all__ = ["ActResult", "AsyncPolicyClient", "PolicyClient", "encode_image", "mask_options", "pb"]
+
+
+def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality: int = 95) -> pb.Image:
+    """An (H, W, 3) uint8 array as an Image message (``raw``, ``png`` or ``jpeg``)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    if encoding == "raw":
+        return pb.Image(camera=camera, encoding=pb.Image.RAW, data=np.ascontiguousarray(image).tobytes(),
+                        height=h, width=w, channels=3, dtype="uint8")
+    from PIL import Image as PILImage  # only needed for compressed images
+
+    buffer = io.BytesIO()
+    kind = {"png": ("PNG", pb.Image.PNG), "jpeg": ("JPEG", pb.Image.JPEG)}.get(encoding)
+    if kind is None:
+        raise ValueError(f"encoding must be raw, png or jpeg, got {encoding!r}")
+    PILImage.fromarray(image).save(buffer, format=kind[0], **({"quality": quality} if kind[0] == "JPEG" else {}))
+    return pb.Image(camera=camera, encoding=kind[1], data=buffer.getvalue(), height=h, width=w, channels=3,
+                    dtype="uint8")
+
+
+def mask_options(mask: str = "", merge: bool = False, decode_mode: str = "", merge_op: str = "",
+                 merge_kernel: int = 0, merge_slots: int = 0) -> pb.MaskOptions:
+    return pb.MaskOptions(mask=mask, merge=merge, decode_mode=decode_mode, merge_op=merge_op,
+                          merge_kernel=merge_kernel, merge_slots=merge_slots)
+
+
+def act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
+                encoding: str = "raw") -> pb.ActRequest:
+    observation = pb.Observation(images=[encode_image(c, a, encoding) for c, a in images.items()],
+                                 client_time=time.time())
+    if proprio is not None:
+        observation.proprio.extend(np.asarray(proprio, dtype=np.float32).reshape(-1).tolist())
+    return pb.ActRequest(episode_id=episode_id, observation=observation)
+
+
+@dataclass
+class ActResult:
+    actions: np.ndarray  # (chunk, dims) float32 or (chunk,) int64
+    step: int
+    latency: dict[str, float]
+    response: pb.ActResponse
+
+    @classmethod
+    def from_response(cls, response: pb.ActResponse) -> "ActResult":
+        if response.discrete_actions:
+            actions = np.asarray(response.discrete_actions, dtype=np.int64)
+        else:
+            actions = np.asarray(response.actions, dtype=np.float32).reshape(response.chunk, response.dims)
+        lat = response.latency
+        latency = {"queue_ms": lat.queue_ms, "preprocess_ms": lat.preprocess_ms, "prefill_ms": lat.prefill_ms,
+                   "decode_ms": lat.decode_ms, "server_ms": lat.server_ms, "batch_size": lat.batch_size}
+        return cls(actions, response.step, latency, response)
+
+
+def _backoff(attempt: int, base: float) -> float:
+    return base * (2 ** attempt) * (0.5 + random.random() / 2)
+
+
+class PolicyClient:
+    """Synchronous client. ``timeout`` is each call's deadline in seconds."""
+
+    def __init__(self, address: str, timeout: float = 30.0, retries: int = 5, backoff_s: float = 0.1,
+                 token: str | None = None, root_certificates: bytes | None = None,
+                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if root_certificates is not None:
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
+        else:
+            self.channel = grpc.insecure_channel(address, options)
+        self.stub = pb_grpc.PolicyServiceStub(self.channel)
+        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+
+    def _call(self, method: Callable, request: Any, timeout: float | None = None) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+            except grpc.RpcError as error:
+                if error.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                time.sleep(_backoff(attempt, self.backoff_s))
+        raise AssertionError("unreachable")
+
+    def info(self) -> pb.PolicyInfo:
+        return self._call(self.stub.GetInfo, pb.GetInfoRequest())
+
+    def start_episode(self, instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "",
+                      seed: int = 0, **merge_options: Any) -> str:
+        request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
+                                         mask=mask_options(mask, merge, decode_mode, **merge_options))
+        return self._call(self.stub.StartEpisode, request).episode_id
+
+    def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
+            encoding: str = "raw", timeout: float | None = None) -> ActResult:
+        """One control step. Not retried after a server restart: the episode is gone (NOT_FOUND)."""
+        return ActResult.from_response(self._call(self.stub.Act, act_request(episode_id, images, proprio, encoding),
+                                                  timeout))
+
+    def stream(self, requests) -> Any:
+        """``StreamAct``: yields ActResult for an iterable of ActRequest (see :func:`act_request`)."""
+        for response in self.stub.StreamAct(iter(requests), metadata=self.metadata):
+            yield ActResult.from_response(response)
+
+    def end_episode(self, episode_id: str) -> int:
+        return self._call(self.stub.EndEpisode, pb.EndEpisodeRequest(episode_id=episode_id)).steps
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "PolicyClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncPolicyClient:
+    """asyncio twin of :class:`PolicyClient`."""
+
+    def __init__(self, address: str, timeout: float = 30.0, retries: int = 5, backoff_s: float = 0.1,
+                 token: str | None = None, max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        self.channel = grpc.aio.insecure_channel(address, options)
+        self.stub = pb_grpc.PolicyServiceStub(self.channel)
+        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+
+    async def _call(self, method: Callable, request: Any, timeout: float | None = None) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                await asyncio.sleep(_backoff(attempt, self.backoff_s))
+        raise AssertionError("unreachable")
+
+    async def info(self) -> pb.PolicyInfo:
+        return await self._call(self.stub.GetInfo, pb.GetInfoRequest())
+
+    async def start_episode(self, instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "",
+                            seed: int = 0, **merge_options: Any) -> str:
+        request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
+                                         mask=mask_options(mask, merge, decode_mode, **merge_options))
+        return (await self._call(self.stub.StartEpisode, request)).episode_id
+
+    async def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
+                  encoding: str = "raw", timeout: float | None = None) -> ActResult:
+        response = await self._call(self.stub.Act, act_request(episode_id, images, proprio, encoding), timeout)
+        return ActResult.from_response(response)
+
+    async def end_episode(self, episode_id: str) -> int:
+        return (await self._call(self.stub.EndEpisode, pb.EndEpisodeRequest(episode_id=episode_id))).steps
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "AsyncPolicyClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

@@ -1,0 +1,72 @@
+"""Live episodes: a bounded frame history each, a cap on how many, an idle timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from ..attention import FutureMaskSpec
+from .errors import RequestError
+
+
+@dataclass
+class Episode:
+    id: str
+    instruction: str
+    spec: FutureMaskSpec
+    history: deque  # of {camera: (H, W, 3) uint8}, oldest first, at most the model's history length
+    seed: int = 0
+    steps: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one step at a time per episode
+
+    def frames_with(self, frame: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The history as it will be once ``frame`` is committed (the history itself is unchanged)."""
+        return [*self.history, frame][-self.history.maxlen:]
+
+
+class EpisodeStore:
+    def __init__(self, history: int, max_episodes: int = 256, idle_timeout_s: float = 300.0) -> None:
+        self.history, self.max_episodes, self.idle_timeout_s = history, max_episodes, idle_timeout_s
+        self._episodes: dict[str, Episode] = {}
+
+    def __len__(self) -> int:
+        return len(self._episodes)
+
+    def start(self, instruction: str, spec: FutureMaskSpec, seed: int = 0) -> Episode:
+        self.evict_idle()
+        if len(self._episodes) >= self.max_episodes:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{self.max_episodes} episodes are live; end one (EndEpisode) or wait for the "
+                               f"{self.idle_timeout_s:.0f} s idle timeout")
+        episode = Episode(uuid.uuid4().hex, instruction, spec, deque(maxlen=self.history), seed)
+        self._episodes[episode.id] = episode
+        return episode
+
+    def get(self, episode_id: str) -> Episode:
+        episode = self._episodes.get(episode_id)
+        if episode is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"unknown episode {episode_id!r} (never started, ended, or evicted after "
+                               f"{self.idle_timeout_s:.0f} s idle)")
+        episode.last_used = time.monotonic()
+        return episode
+
+    def end(self, episode_id: str) -> Episode:
+        episode = self.get(episode_id)
+        del self._episodes[episode_id]
+        return episode
+
+    def evict_idle(self) -> list[str]:
+        now = time.monotonic()
+        stale = [e.id for e in self._episodes.values()
+                 if now - e.last_used > self.idle_timeout_s and not e.lock.locked()]
+        for episode_id in stale:
+            del self._episodes[episode_id]
+        return stale
