@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-episodes", type=int, default=256)
     serve.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle episode is freed")
     serve.add_argument("--max-batch", type=int, default=8, help="requests per forward pass (micro-batching)")
-    serve.add_argument("--batch-window-ms", type=float, default=2.0, help="how long to wait for more requests")
+    serve.add_argument("--batch-window-ms", type=float, default=0.0,
+                       help="extra wait for more requests before a forward pass (0: take what is queued)")
     serve.add_argument("--max-message-mb", type=int, default=16)
     serve.add_argument("--token", help="require 'authorization: Bearer TOKEN' (use beyond loopback)")
     serve.add_argument("--tls-cert", type=Path)

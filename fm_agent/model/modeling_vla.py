@@ -144,8 +144,10 @@ class VLAPolicy:
                 image = np.asarray(frame[camera])
                 if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                     raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
-                images.append(torch.from_numpy(np.ascontiguousarray(image)))
-        pixels = torch.stack(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+                images.append(image)
+        if len({i.shape for i in images}) > 1:
+            raise ValueError(f"all cameras must share one size, got {sorted({i.shape for i in images})}")
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         size = self.config.image_size
         if pixels.shape[-1] != size or pixels.shape[-2] != size:
             pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,

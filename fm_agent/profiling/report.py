@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intermediate", type=int, default=1376)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--out", type=Path, default=Path("runs/latency"), help="folder for latency.json and .png")
+    parser.add_argument("--grpc", action="store_true",
+                        help="instead: transport cost of Act (gRPC vs openpi msgpack/websockets vs pickle) and "
+                             "micro-batching throughput, on --checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/libero_spatial"),
+                        help="with --grpc: the policy to serve")
+    parser.add_argument("--grpc-repeats", type=int, default=50)
 
 
 def settings_from(args: argparse.Namespace) -> ProfileSettings:
@@ -95,6 +101,10 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    if args.grpc:
+        from .transport import main as transport_main
+
+        return transport_main(args.checkpoint, args.out, args.grpc_repeats)
     settings = settings_from(args)
     samples = run_profile(settings, progress=lambda it: tqdm(list(it), desc="profiling", unit="run"))
     rows = summarise(samples)

@@ -1,7 +1,9 @@
 """The model runs off the event loop, in one worker thread that micro-batches requests.
 
-Requests that arrive within ``window_ms`` of each other and share a mask spec go through one
-forward pass; requests with different specs are batched separately, so masks never mix. Each
+While the model runs, new requests queue up; the next forward pass takes every queued request
+(up to ``max_batch``), optionally waiting ``window_ms`` for more (0 by default: a lone request
+never waits, and under load batches form by themselves). Requests that share a mask spec go
+through one forward pass; requests with different specs are batched separately, so masks never mix. Each
 request carries its own frames, so histories never mix either.
 """
 
@@ -57,10 +59,8 @@ class ModelWorker:
         jobs, end = [first], time.perf_counter() + self.window_s
         while len(jobs) < self.max_batch:
             remaining = end - time.perf_counter()
-            if remaining <= 0:
-                break
             try:
-                job = self._queue.get(timeout=remaining)
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:

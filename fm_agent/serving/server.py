@@ -43,7 +43,7 @@ class ServerSettings:
     max_episodes: int = 256
     idle_timeout_s: float = 300.0
     max_batch: int = 8
-    batch_window_ms: float = 2.0
+    batch_window_ms: float = 0.0
     max_message_bytes: int = 16 * 1024 * 1024
     grace_s: float = 10.0
     token: str | None = None  # bearer token; None = no check (loopback use)
