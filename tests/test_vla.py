@@ -186,3 +186,25 @@ def test_training_never_shows_targets_to_images() -> None:
                                future_attention=FutureAttention(spec, x["visual"])).logits for x in (a, b))
     prompt = a["visual"].shape[1]
     torch.testing.assert_close(la[:, :prompt], lb[:, :prompt], atol=0, rtol=0)
+
+
+# -- embedded checkpoints ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["libero_spatial", "babyai_gotoseq"])
+def test_default_checkpoint_loads_and_acts(name: str) -> None:
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / name
+    policy = VLAPolicy.from_pretrained(folder)
+    cfg = policy.config
+    rng = np.random.default_rng(0)
+    frame = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
+    proprio = np.zeros(cfg.proprio_dim) if cfg.proprio_dim else None
+    instruction = "pick up the black bowl between the plate and the ramekin and place it on the plate" \
+        if cfg.env_family == "libero" else "go to the red ball"
+    for label in ("causal", "Mf+merge"):
+        result = policy.predict([Observation([frame], instruction, proprio)], FutureMaskSpec.parse(label))[0]
+        if cfg.env_family == "libero":
+            assert result.actions.shape == (policy.actions.chunk, 7) and np.all(np.abs(result.actions) <= 1)
+        else:
+            assert 0 <= int(result.actions[0]) < 7
+    assert (folder / "MODEL_CARD.md").exists()
