@@ -222,14 +222,42 @@ def plot_summary(summary: dict, by_mask: dict[str, list[EpisodeResult]], path: P
     plt.close(fig)
 
 
-def _worker(args: tuple) -> int:
-    jobs, address, env_kwargs, out, camera, videos, max_steps, retries = args
+_WORKER_ENVS: dict[str, Any] = {}  # per worker process: simulators are built once and reused across jobs
+
+
+def _worker_env(name: str, env_kwargs: dict):
     from envs import make_env
 
+    if name not in _WORKER_ENVS:
+        _WORKER_ENVS[name] = make_env(name, **env_kwargs)
+    return _WORKER_ENVS[name]
+
+
+class _Borrowed:
+    """An env that ``run_jobs`` may use and 'close' without destroying the worker's cached simulator."""
+
+    def __init__(self, env) -> None:
+        self.env = env
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def reset(self, **kwargs):
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        return self.env.step(action)
+
+    def close(self) -> None:
+        pass
+
+
+def _worker(args: tuple) -> dict:
+    job, address, env_kwargs, out, camera, videos, max_steps, retries = args
     os.environ.setdefault("MUJOCO_GL", "egl")
-    rows = run_jobs(jobs, address, lambda name: make_env(name, **env_kwargs), out, camera, videos, max_steps,
-                    None, retries)
-    return len(rows)
+    rows = run_jobs([job], address, lambda name: _Borrowed(_worker_env(name, env_kwargs)), out, camera, videos,
+                    max_steps, None, retries)
+    return rows[0]
 
 
 def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict, video_camera: str | None,
@@ -253,12 +281,15 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
         if args.workers > 1 and len(todo) > 1:
             import multiprocessing as mp
 
-            chunks = [todo[i::args.workers] for i in range(args.workers)]
             with mp.get_context("spawn").Pool(args.workers) as pool:
-                results = pool.imap_unordered(_worker, [(c, address, env_kwargs, args.out, video_camera, args.videos,
-                                                         args.max_steps, args.retries) for c in chunks if c])
-                for count in results:
-                    bar.update(count)
+                results = pool.imap_unordered(_worker, [(job, address, env_kwargs, args.out, video_camera,
+                                                         args.videos, args.max_steps, args.retries) for job in todo])
+                wins = finished = 0
+                for row in results:
+                    finished += 1
+                    wins += bool(row["success"])
+                    bar.update(1)
+                    bar.set_postfix(success=f"{wins}/{finished}", error=bool(row.get("error")))
         else:
             restart = server.restart if server is not None else None
             for job in todo:
