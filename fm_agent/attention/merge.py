@@ -65,6 +65,9 @@ class MergeLayout:
         admitted &= row_valid[:, :, None]
 
         k, p = options.kernel, options.slots
+        if options.op == "max" and p == 1:  # the default: no window bookkeeping, max of maxes is the max
+            additive = torch.zeros(admitted.shape, device=admitted.device).masked_fill(~admitted, float("-inf"))
+            return cls(options, rows, row_valid, admitted, additive, None, None, None, None, None)
         rank = admitted.long().cumsum(-1) - 1
         num_keys = admitted.sum(-1)
         num_windows = (num_keys + k - 1) // k  # (B, R)
@@ -74,9 +77,6 @@ class MergeLayout:
         window_slot = _array_split_chunk(window_ids, num_windows, p)
         window_slot = torch.where(window_ids < num_windows[..., None], window_slot, torch.full_like(window_slot, p))
 
-        if options.op == "max" and p == 1:
-            additive = torch.zeros(admitted.shape, device=admitted.device).masked_fill(~admitted, float("-inf"))
-            return cls(options, rows, row_valid, admitted, additive, None, None, None, None, None)
         if options.op == "max":
             padded = torch.cat([window_slot, torch.full_like(window_slot[..., :1], p)], dim=-1)
             key_slot = torch.gather(padded, -1, window)

@@ -1,7 +1,9 @@
 """Transport cost of one control step: fm-agent's typed gRPC vs openpi's msgpack-over-websockets vs pickle.
 
 All three paths end in the same ``VLAPolicy.predict`` on the same checkpoint, so
-``round trip - in-process step`` is what the wire, the (de)serialisation and the server add.
+``round trip - in-process step`` is what the wire, the (de)serialisation and the server add; as the
+model step itself is noisy, each server also reports its own time per call, and
+``round trip - server time`` (per call, then the median) isolates the transport.
 Also measures throughput with concurrent episodes, with and without micro-batching.
 The openpi path needs ``pip install --no-deps openpi-client==0.1.2 msgpack websockets``.
 """
@@ -19,13 +21,17 @@ from typing import Any, Callable
 import numpy as np
 
 
-def _timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+def _timed(fn: Callable[[], Any], repeats: int, wire: list[float] | None = None) -> list[float]:
+    """Round trips in ms; with ``wire``, also each call's round trip minus the server's own time
+    (``fn`` returns that time), which isolates the transport from the noisy model step."""
     fn()
     out = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        server_ms = fn()
         out.append((time.perf_counter() - start) * 1e3)
+        if wire is not None:
+            wire.append(out[-1] - float(server_ms))
     return out
 
 
@@ -43,10 +49,12 @@ def _websocket_server(policy, decode: Callable[[bytes], dict], encode: Callable[
     def handler(connection) -> None:
         connection.send(encode({}))
         for message in connection:
+            received = time.perf_counter()
             obs = decode(message)
             frames = [{c: obs[c] for c in policy.config.cameras}]
             result = policy.predict([Observation(frames, obs["prompt"], obs.get("state"))])[0]
-            connection.send(encode({"actions": result.actions}))
+            server_ms = (time.perf_counter() - received) * 1e3  # decode + model, as fm-agent's server_ms
+            connection.send(encode({"actions": result.actions, "server_ms": server_ms}))
 
     server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -80,8 +88,10 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 50, image_size: int
     try:
         with PolicyClient(address) as client:
             episode = client.start_episode(instruction)
-            grpc_rtt = _timed(lambda: client.act(episode, images, proprio), repeats)
+            wire: list[float] = []
+            grpc_rtt = _timed(lambda: client.act(episode, images, proprio).latency["server_ms"], repeats, wire)
         report["grpc"] = _stats(grpc_rtt)
+        report["grpc"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
         report["grpc"]["overhead_p50_ms"] = report["grpc"]["p50_ms"] - report["in_process_step"]["p50_ms"]
         report["throughput"] = {}
         for label, batch in (("micro_batching", 8), ("no_batching", 1)):
@@ -102,7 +112,9 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 50, image_size: int
 
         ws, port = _websocket_server(policy, msgpack_numpy.unpackb, msgpack_numpy.packb)
         client = WebsocketClientPolicy("127.0.0.1", port)
-        report["openpi_msgpack_websocket"] = _stats(_timed(lambda: client.infer(obs), repeats))
+        wire = []
+        report["openpi_msgpack_websocket"] = _stats(_timed(lambda: client.infer(obs)["server_ms"], repeats, wire))
+        report["openpi_msgpack_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
         ws.shutdown()
     except ImportError as error:
         report["openpi_msgpack_websocket"] = {"skipped": f"openpi-client not installed ({error})"}
@@ -113,11 +125,13 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 50, image_size: int
         connection = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None)
         connection.recv()
 
-        def pickled() -> dict:
+        def pickled() -> float:
             connection.send(pickle.dumps(obs))
-            return pickle.loads(connection.recv())
+            return pickle.loads(connection.recv())["server_ms"]
 
-        report["pickle_websocket"] = _stats(_timed(pickled, repeats))
+        wire = []
+        report["pickle_websocket"] = _stats(_timed(pickled, repeats, wire))
+        report["pickle_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
         connection.close()
         ws.shutdown()
     except ImportError as error:
@@ -162,8 +176,9 @@ def main(checkpoint: Path, out: Path, repeats: int) -> int:
     for key in ("grpc", "openpi_msgpack_websocket", "pickle_websocket"):
         r = report[key]
         if "p50_ms" in r:
-            print(f"{key:26s} round trip p50 {r['p50_ms']:.2f} ms p95 {r['p95_ms']:.2f} ms; "
-                  f"overhead p50 {r['overhead_p50_ms']:.2f} ms")
+            print(f"{key:26s} round trip p50 {r['p50_ms']:.2f} ms p95 {r['p95_ms']:.2f} ms; minus in-process step "
+                  f"{r['overhead_p50_ms']:.2f} ms; minus the server's own time (transport) "
+                  f"{r['round_trip_minus_server_p50_ms']:.2f} ms")
         else:
             print(f"{key:26s} {r['skipped']}")
     t = report["throughput"]
