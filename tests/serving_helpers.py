@@ -1,18 +1,13 @@
-"""A real server in a subprocess on a free loopback port, with a tiny policy checkpoint."""
+"""A real server in a subprocess on a free loopback port (``LocalServer``), with a tiny policy checkpoint."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fm_agent.evaluation.grpc_actor import LocalServer
 from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
 
 TINY = BackboneShape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vision_hidden=16,
@@ -35,36 +30,11 @@ def tiny_checkpoint(folder: Path) -> Path:
     return folder
 
 
-class ServerProcess:
-    def __init__(self, checkpoint: Path, *args: str, port: int = 0) -> None:
-        command = [sys.executable, "-m", "fm_agent.cli", "serve", "--checkpoint", str(checkpoint),
-                   "--port", str(port), "--threads", "1", *args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
-                raise RuntimeError("server exited:\n" + "".join(self.lines))
-            self.lines.append(line)
-            match = re.search(r"serving .* on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                self.address = f"127.0.0.1:{self.port}"
-                return
-        raise RuntimeError("server did not start:\n" + "".join(self.lines))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self.lines += self.process.stdout.readlines()
-        return code
+def start_server(checkpoint: Path, *args: str, port: int = 0) -> LocalServer:
+    """A started server (1 torch thread) with the given ``fm-agent serve`` options."""
+    server = LocalServer(checkpoint, args, threads=1, port=port)
+    server.start(timeout=120)
+    return server
 
 
 def frame(seed: int, size: int = 16) -> dict[str, np.ndarray]:

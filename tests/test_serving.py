@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from fm_agent.attention import FutureMaskSpec, MergeOptions
 from fm_agent.client import PolicyClient, act_request, encode_image, pb
 from fm_agent.model import Observation, VLAPolicy
-from serving_helpers import INSTRUCTION, ServerProcess, frame, tiny_checkpoint
+from serving_helpers import INSTRUCTION, frame, start_server, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    process = ServerProcess(checkpoint, "--max-episodes", "6", "--max-message-mb", "1")
+    process = start_server(checkpoint, "--max-episodes", "6", "--max-message-mb", "1")
     yield process
     assert process.stop() == 0
 
@@ -160,7 +160,7 @@ def test_bad_inputs_get_specific_statuses_and_change_nothing(client, server) -> 
 
 
 def test_live_episode_cap(checkpoint) -> None:
-    server = ServerProcess(checkpoint, "--max-episodes", "2")
+    server = start_server(checkpoint, "--max-episodes", "2")
     try:
         with PolicyClient(server.address) as c:
             c.start_episode(INSTRUCTION)
@@ -171,7 +171,7 @@ def test_live_episode_cap(checkpoint) -> None:
 
 
 def test_idle_episodes_are_evicted(checkpoint) -> None:
-    server = ServerProcess(checkpoint, "--idle-timeout", "1")
+    server = start_server(checkpoint, "--idle-timeout", "1")
     try:
         with PolicyClient(server.address) as c:
             episode = c.start_episode(INSTRUCTION)
@@ -180,11 +180,11 @@ def test_idle_episodes_are_evicted(checkpoint) -> None:
             assert code_of(lambda: c.act(episode, frame(1), np.zeros(8))) == grpc.StatusCode.NOT_FOUND
     finally:
         assert server.stop() == 0
-    assert any('"evicted"' in line for line in server.lines)
+    assert any('"evicted"' in line for line in server.log)
 
 
 def test_sigterm_drains_in_flight_requests(checkpoint) -> None:
-    server = ServerProcess(checkpoint, "--batch-window-ms", "800")  # each request waits 0.8 s for company
+    server = start_server(checkpoint, "--batch-window-ms", "800")  # each request waits 0.8 s for company
     with PolicyClient(server.address) as c:
         episode = c.start_episode(INSTRUCTION)
         box = {}
@@ -205,14 +205,14 @@ def free_port() -> int:
 
 def test_client_survives_a_server_restart(checkpoint) -> None:
     port = free_port()
-    server = ServerProcess(checkpoint, port=port)
+    server = start_server(checkpoint, port=port)
     with PolicyClient(f"127.0.0.1:{port}", retries=12, backoff_s=0.25) as c:
         assert c.info().history == 2
         server.stop()
         box = {}
         thread = threading.Thread(target=lambda: box.setdefault("info", c.info()))  # retried while down
         thread.start()
-        server = ServerProcess(checkpoint, port=port)
+        server = start_server(checkpoint, port=port)
         thread.join(60)
         assert box["info"].history == 2
         episode = c.start_episode(INSTRUCTION)
@@ -221,7 +221,7 @@ def test_client_survives_a_server_restart(checkpoint) -> None:
 
 
 def test_bearer_token(checkpoint) -> None:
-    server = ServerProcess(checkpoint, "--token", "s3cret")
+    server = start_server(checkpoint, "--token", "s3cret")
     try:
         with PolicyClient(server.address, retries=0) as anonymous:
             assert code_of(anonymous.info) == grpc.StatusCode.UNAUTHENTICATED

@@ -7,7 +7,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,16 @@ from ..client import PolicyClient
 
 
 class LocalServer:
-    """``fm-agent serve`` in a subprocess on a free loopback port; restartable after a crash."""
+    """``fm-agent serve`` in a subprocess on loopback (a free port unless ``port`` is given);
+    restartable on the same port after a crash. Its output is read continuously (the last lines are
+    kept in ``log``), so a chatty server never blocks on a full pipe."""
 
-    def __init__(self, checkpoint: Path, extra_args: tuple[str, ...] = (), threads: int = 2) -> None:
+    def __init__(self, checkpoint: Path, extra_args: tuple[str, ...] = (), threads: int = 2, port: int = 0) -> None:
         self.checkpoint, self.extra_args, self.threads = Path(checkpoint), extra_args, threads
         self.process: subprocess.Popen | None = None
-        self.address = ""
-        self.log: list[str] = []
+        self.address = f"127.0.0.1:{port}" if port else ""
+        self.log: deque[str] = deque(maxlen=2000)
+        self._reader: threading.Thread | None = None
 
     def start(self, timeout: float = 180.0) -> str:
         command = [sys.executable, "-m", "fm_agent.cli", "serve", "--checkpoint", str(self.checkpoint), "--port",
@@ -39,8 +44,14 @@ class LocalServer:
             match = re.search(r"serving .* on ([\d.]+):(\d+)", line)
             if match:
                 self.address = f"{match.group(1)}:{match.group(2)}"
+                self._reader = threading.Thread(target=self._drain, args=(self.process,), daemon=True)
+                self._reader.start()
                 return self.address
         raise RuntimeError("the policy server did not start in time")
+
+    def _drain(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.log.append(line)
 
     @property
     def _port(self) -> int | None:
@@ -53,14 +64,20 @@ class LocalServer:
         self.stop()
         return self.start()
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Signal the server and wait for it; returns its exit code (None if it never started)."""
+        if self.process is None:
+            return None
         if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
 
 
 class GrpcActor:

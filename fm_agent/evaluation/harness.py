@@ -292,15 +292,17 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
                     bar.set_postfix(success=f"{wins}/{finished}", error=bool(row.get("error")))
         else:
             restart = server.restart if server is not None else None
+            tally: dict[str, list[int]] = {}  # mask -> [successes, finished] in this run
             for job in todo:
-                rows = run_jobs([job], address, lambda name: make_env(name, **env_kwargs), args.out, video_camera,
-                                args.videos, args.max_steps, restart, args.retries)
+                (row,) = run_jobs([job], address, lambda name: make_env(name, **env_kwargs), args.out, video_camera,
+                                  args.videos, args.max_steps, restart, args.retries)
                 if server is not None and server.address:
                     address = server.address
+                counts = tally.setdefault(job.mask, [0, 0])
+                counts[0] += bool(row["success"])
+                counts[1] += 1
                 bar.update(1)
-                finished = load_results(args.out).get(job.mask, [])
-                wins = sum(r.success for r in finished if r.error is None)
-                bar.set_postfix(mask=job.mask, success=f"{wins}/{len(finished)}", error=bool(rows[0].get("error")))
+                bar.set_postfix(mask=job.mask, success=f"{counts[0]}/{counts[1]}", error=bool(row.get("error")))
     finally:
         bar.close()
         if server is not None:

@@ -15,9 +15,6 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-TEXT_KEYS = ("instruction",)
-
-
 class Actor(Protocol):
     def start_episode(self, instruction: str) -> None: ...
 
