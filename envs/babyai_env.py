@@ -22,6 +22,8 @@ from .spaces import clean_instruction, image_space, instruction_space
 
 LOCATION_PHRASE = re.compile(r"\b(in front of you|behind you|on your left|on your right)\b")
 SUBGOAL_VERB = re.compile(r"\b(go to|pick up|open|put)\b")
+# "after you" reverses the spoken order of two sub-goals, so it is the hardest phrasing to follow.
+SEQUENCE_WORDS = (("after you", "after"), ("then", "then"), ("and", "and"))
 ACTION_NAMES = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
 
 
@@ -31,10 +33,12 @@ class MissionInfo:
 
     has_location_phrase: bool
     num_subgoals: int
+    sequence: str = "single"  # the strongest connective: "after" (reversed order) > "then" > "and" > "single"
 
     @classmethod
     def from_mission(cls, mission: str) -> "MissionInfo":
-        return cls(bool(LOCATION_PHRASE.search(mission)), max(1, len(SUBGOAL_VERB.findall(mission))))
+        sequence = next((label for words, label in SEQUENCE_WORDS if re.search(rf"\b{words}\b", mission)), "single")
+        return cls(bool(LOCATION_PHRASE.search(mission)), max(1, len(SUBGOAL_VERB.findall(mission))), sequence)
 
 
 class BabyAIEnv(gym.Env):

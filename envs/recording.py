@@ -122,7 +122,7 @@ def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_s
         success = bool(info.get("success", False))
         if terminated or truncated:
             break
-    metadata = {k: v for k, v in info.items() if k in ("has_location_phrase", "num_subgoals", "suite", "task_id")}
+    metadata = {k: v for k, v in info.items() if k in ("has_location_phrase", "num_subgoals", "sequence", "suite", "task_id")}
     return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
                    observations={k: np.stack(v) for k, v in frames.items()}, actions=np.asarray(actions),
                    rewards=np.asarray(rewards, dtype=np.float32), success=success, expert=type(expert).__name__,

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 env.close()
         bar.close()
-        summary = summarise(results, ("has_location_phrase", "num_subgoals"))
+        summary = summarise(results, ("has_location_phrase", "num_subgoals", "sequence"))
         report["masks"][label] = summary
         with (args.out / f"episodes_{label.replace('/', '_')}.jsonl").open("w") as f:
             for r in results:

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 resume=not args.fresh)
     policy.config.training = {
         "command": " ".join(sys.argv), "data": str(args.data), "episodes": len(episodes),
+        "envs": recorded_envs(args.data),
         "train_masks": list(args.train_mask), "steps": log.steps[-1] if log.steps else 0,
         "minutes": round(log.seconds / 60, 2), "parameters": params,
         "val_loss": log.val_loss[-1] if log.val_loss else None,
@@ -111,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     save_log(log, args.out / "train_log.json")
     print(json.dumps(policy.config.training, indent=2))
     return 0
+
+
+def recorded_envs(data: Path) -> list[str]:
+    """The environments the demonstrations came from, so evaluation can default to them."""
+    manifest = Path(data) / "manifest.jsonl"
+    if not manifest.exists():
+        return []
+    return sorted({json.loads(line)["env"] for line in manifest.read_text().splitlines() if line.strip()})
 
 
 if __name__ == "__main__":

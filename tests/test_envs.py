@@ -63,8 +63,10 @@ def test_babyai_generation_noise_stays_out_of_stdout(capfd) -> None:
 
 
 def test_mission_metadata() -> None:
-    assert MissionInfo.from_mission("pick up the red ball in front of you") == MissionInfo(True, 1)
-    assert MissionInfo.from_mission("go to the red ball and go to a key, then open a door") == MissionInfo(False, 3)
+    assert MissionInfo.from_mission("pick up the red ball in front of you") == MissionInfo(True, 1, "single")
+    assert MissionInfo.from_mission("go to the red ball and go to a key, then open a door") == MissionInfo(False, 3, "then")
+    assert MissionInfo.from_mission("open the red door after you open the blue door") == MissionInfo(False, 2, "after")
+    assert MissionInfo.from_mission("go to the box and go to a key") == MissionInfo(False, 2, "and")
 
 
 # -- LIBERO ------------------------------------------------------------------------------------------

@@ -65,6 +65,17 @@ def test_info(client) -> None:
     assert [c.name for c in info.cameras] == ["agentview", "wrist"] and info.history == 2
     assert info.action_space.kind == "continuous" and info.action_space.dims == 7 and info.action_space.chunk == 2
     assert set(info.available_masks) == {"causal", "Mf", "Mv2v", "Mv2t"} and info.proprio_dim == 8
+    assert info.default_temperature == 0.0
+
+
+def test_sampled_episodes_replay_with_their_seed(client) -> None:
+    def run(seed: int) -> list[np.ndarray]:
+        episode = client.start_episode(INSTRUCTION, seed=seed, temperature=50.0)
+        return [client.act(episode, frame(s), np.zeros(8)).actions for s in range(3)]
+
+    first = run(7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, run(7)))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, run(8)))
 
 
 def test_full_episode_act_and_stream(client, checkpoint) -> None:
@@ -142,6 +153,8 @@ def test_bad_inputs_get_specific_statuses_and_change_nothing(client, server) -> 
     assert code_of(lambda: send(pb.Observation(images=images(), proprio=proprio), "nope")) == grpc.StatusCode.NOT_FOUND
     assert code_of(lambda: client.start_episode("")) == bad
     assert code_of(lambda: client.start_episode(INSTRUCTION, mask="Mx")) == bad
+    assert code_of(lambda: client.start_episode(INSTRUCTION, temperature=-1.0)) == bad
+    assert code_of(lambda: client.start_episode(INSTRUCTION, temperature=float("nan"))) == bad
     assert code_of(lambda: client.start_episode(INSTRUCTION, mask="Mf", merge=True, merge_op="sum")) == bad
     huge = {"agentview": np.zeros((700, 700, 3), np.uint8), "wrist": good["wrist"]}  # 1.5 MB > 1 MB limit
     assert code_of(lambda: client.act(episode, huge, np.zeros(8))) == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -97,6 +97,26 @@ def test_actions_come_from_the_weights() -> None:
     assert before != after
 
 
+def test_sampling_is_seeded_valid_and_greedy_at_low_temperature() -> None:
+    policy = babyai_like()
+    history = frames(["image"], seed=3)
+
+    def draws(temperature: float, seed: int, n: int = 40) -> list[int]:
+        generator = torch.Generator().manual_seed(seed)
+        return [int(policy.predict([Observation(history, INSTRUCTIONS[1], None, temperature, generator)])[0].actions[0])
+                for _ in range(n)]
+
+    greedy = int(policy.predict([Observation(history, INSTRUCTIONS[1])])[0].actions[0])
+    assert draws(1e-4, 0, 5) == [greedy] * 5  # a vanishing temperature is greedy
+    hot = draws(100.0, 0)
+    assert hot == draws(100.0, 0) and hot != draws(100.0, 1)  # the generator makes draws reproducible
+    assert len(set(hot)) > 1 and all(0 <= a < 7 for a in hot)  # near-uniform over valid actions only
+    # rows of one batch sample independently, with their own temperature
+    batch = policy.predict([Observation(history, INSTRUCTIONS[1]),
+                            Observation(history, INSTRUCTIONS[1], None, 100.0, torch.Generator().manual_seed(0))])
+    assert int(batch[0].actions[0]) == greedy and int(batch[1].actions[0]) == hot[0]
+
+
 def test_masks_change_the_action_logits() -> None:
     policy = babyai_like()
     obs = Observation(frames(["image"], n=3), INSTRUCTIONS[1])

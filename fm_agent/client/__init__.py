@@ -56,13 +56,34 @@ def mask_options(mask: str = "", merge: bool = False, decode_mode: str = "", mer
                           merge_kernel=merge_kernel, merge_slots=merge_slots)
 
 
+def start_request(instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "", seed: int = 0,
+                  temperature: float | None = None, **merge_options: Any) -> pb.StartEpisodeRequest:
+    request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
+                                     mask=mask_options(mask, merge, decode_mode, **merge_options))
+    if temperature is not None:
+        request.temperature = temperature
+    return request
+
+
 def act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
                 encoding: str = "raw") -> pb.ActRequest:
-    observation = pb.Observation(images=[encode_image(c, a, encoding) for c, a in images.items()],
-                                 client_time=time.time())
+    """Builds the request in place: handing finished Image messages to a parent message copies every
+    image again (upb copies sub-messages), which cost ~0.3 ms per step for two 224x224 frames."""
+    request = pb.ActRequest(episode_id=episode_id)
+    observation = request.observation
+    for camera, image in images.items():
+        if encoding == "raw":
+            image = np.asarray(image)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+            observation.images.add(camera=camera, encoding=pb.Image.RAW, height=image.shape[0],
+                                   width=image.shape[1], channels=3, dtype="uint8").data = image.tobytes()
+        else:
+            observation.images.append(encode_image(camera, image, encoding))
+    observation.client_time = time.time()
     if proprio is not None:
         observation.proprio.extend(np.asarray(proprio, dtype=np.float32).reshape(-1).tolist())
-    return pb.ActRequest(episode_id=episode_id, observation=observation)
+    return request
 
 
 @dataclass
@@ -118,10 +139,10 @@ class PolicyClient:
         return self._call(self.stub.GetInfo, pb.GetInfoRequest())
 
     def start_episode(self, instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "",
-                      seed: int = 0, **merge_options: Any) -> str:
-        request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
-                                         mask=mask_options(mask, merge, decode_mode, **merge_options))
-        return self._call(self.stub.StartEpisode, request).episode_id
+                      seed: int = 0, temperature: float | None = None, **merge_options: Any) -> str:
+        """``temperature``: action sampling (0 = greedy, None = the policy's default); ``seed`` seeds it."""
+        return self._call(self.stub.StartEpisode, start_request(instruction, mask, merge, decode_mode, seed,
+                                                                temperature, **merge_options)).episode_id
 
     def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
             encoding: str = "raw", timeout: float | None = None) -> ActResult:
@@ -173,9 +194,8 @@ class AsyncPolicyClient:
         return await self._call(self.stub.GetInfo, pb.GetInfoRequest())
 
     async def start_episode(self, instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "",
-                            seed: int = 0, **merge_options: Any) -> str:
-        request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
-                                         mask=mask_options(mask, merge, decode_mode, **merge_options))
+                            seed: int = 0, temperature: float | None = None, **merge_options: Any) -> str:
+        request = start_request(instruction, mask, merge, decode_mode, seed, temperature, **merge_options)
         return (await self._call(self.stub.StartEpisode, request)).episode_id
 
     async def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,

@@ -83,16 +83,19 @@ class LocalServer:
 class GrpcActor:
     """Sends each observation to the server; the server keeps the frame history."""
 
-    def __init__(self, client: PolicyClient, mask: str, merge: bool, decode_mode: str = "prefill") -> None:
+    def __init__(self, client: PolicyClient, mask: str, merge: bool, decode_mode: str = "prefill",
+                 temperature: float | None = None) -> None:
         self.client, self.mask, self.merge, self.decode_mode = client, mask, merge, decode_mode
+        self.temperature = temperature  # None: the served policy's default
         info = client.info()
         self.cameras = [c.name for c in info.cameras]
         self.proprio_dim = info.proprio_dim
         self.episode_id: str | None = None
 
-    def start_episode(self, instruction: str) -> None:
+    def start_episode(self, instruction: str, seed: int = 0) -> None:
         self.episode_id = self.client.start_episode(instruction, mask=self.mask, merge=self.merge,
-                                                    decode_mode="" if self.merge else self.decode_mode)
+                                                    decode_mode="" if self.merge else self.decode_mode,
+                                                    seed=seed, temperature=self.temperature)
 
     def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
         images = {c: observation[c] for c in self.cameras}

@@ -53,6 +53,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_checkpoint: st
                         help="results folder (resumable); default runs/<script name>")
     parser.add_argument("--server-threads", type=int, default=2, help="torch threads of the local server")
     parser.add_argument("--retries", type=int, default=1, help="re-runs of an episode after a server/env failure")
+    parser.add_argument("--temperature", type=float,
+                        help="action sampling temperature, 0 = greedy (default: the checkpoint's own); "
+                             "each episode's seed seeds its draws")
 
 
 def _mask_args(label: str) -> tuple[str, bool, str]:
@@ -95,7 +98,8 @@ class _Recorder:
 
 def run_jobs(jobs: Sequence[EpisodeJob], address: str, make_env: Callable[[str], Any], out: Path,
              video_camera: str | None, videos: int, max_steps: int | None,
-             restart: Callable[[], str] | None = None, retries: int = 1) -> list[dict]:
+             restart: Callable[[], str] | None = None, retries: int = 1,
+             temperature: float | None = None) -> list[dict]:
     """Runs ``jobs`` in this process against the server at ``address``; returns the episode rows."""
     from ..client import PolicyClient
     from .grpc_actor import GrpcActor
@@ -110,7 +114,7 @@ def run_jobs(jobs: Sequence[EpisodeJob], address: str, make_env: Callable[[str],
                     if job.env not in envs:
                         envs[job.env] = make_env(job.env)
                     if job.mask not in actors:
-                        actors[job.mask] = GrpcActor(client, *_mask_args(job.mask))
+                        actors[job.mask] = GrpcActor(client, *_mask_args(job.mask), temperature=temperature)
                     env = envs[job.env]
                     keep_video = video_camera is not None and job.episode < videos
                     target = _Recorder(env, video_camera) if keep_video else env
@@ -253,10 +257,10 @@ class _Borrowed:
 
 
 def _worker(args: tuple) -> dict:
-    job, address, env_kwargs, out, camera, videos, max_steps, retries = args
+    job, address, env_kwargs, out, camera, videos, max_steps, retries, temperature = args
     os.environ.setdefault("MUJOCO_GL", "egl")
     rows = run_jobs([job], address, lambda name: _Borrowed(_worker_env(name, env_kwargs)), out, camera, videos,
-                    max_steps, None, retries)
+                    max_steps, None, retries, temperature)
     return rows[0]
 
 
@@ -276,6 +280,8 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
     if address is None:
         server = LocalServer(Path(args.checkpoint), threads=args.server_threads)
         address = server.start()
+    extra = {**extra, "temperature": args.temperature if args.temperature is not None
+             else _served_temperature(address)}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", unit="ep")
     try:
         if args.workers > 1 and len(todo) > 1:
@@ -283,7 +289,8 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
 
             with mp.get_context("spawn").Pool(args.workers) as pool:
                 results = pool.imap_unordered(_worker, [(job, address, env_kwargs, args.out, video_camera,
-                                                         args.videos, args.max_steps, args.retries) for job in todo])
+                                                         args.videos, args.max_steps, args.retries, args.temperature)
+                                                        for job in todo])
                 wins = finished = 0
                 for row in results:
                     finished += 1
@@ -295,7 +302,7 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
             tally: dict[str, list[int]] = {}  # mask -> [successes, finished] in this run
             for job in todo:
                 (row,) = run_jobs([job], address, lambda name: make_env(name, **env_kwargs), args.out, video_camera,
-                                  args.videos, args.max_steps, restart, args.retries)
+                                  args.videos, args.max_steps, restart, args.retries, args.temperature)
                 if server is not None and server.address:
                     address = server.address
                 counts = tally.setdefault(job.mask, [0, 0])
@@ -309,6 +316,13 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
             server.stop()
     summary = write_summary(args.out, split_keys, extra)
     return summary
+
+
+def _served_temperature(address: str) -> float:
+    from ..client import PolicyClient
+
+    with PolicyClient(address, retries=8, backoff_s=0.25) as client:
+        return float(client.info().default_temperature)
 
 
 def print_summary(summary: dict) -> None:

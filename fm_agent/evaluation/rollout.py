@@ -16,7 +16,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 class Actor(Protocol):
-    def start_episode(self, instruction: str) -> None: ...
+    def start_episode(self, instruction: str, seed: int = 0) -> None:
+        """``seed`` seeds the policy's action sampling, so a sampled episode can be replayed."""
 
     def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
         """Returns (actions (chunk, ...) , timings in ms)."""
@@ -27,21 +28,27 @@ class Actor(Protocol):
 class InProcessActor:
     """A :class:`~fm_agent.model.VLAPolicy` called directly, under one mask spec."""
 
-    def __init__(self, policy, spec) -> None:
+    def __init__(self, policy, spec, temperature: float | None = None) -> None:
         self.policy, self.spec = policy, spec
+        self.temperature = policy.config.temperature if temperature is None else temperature
         self.frames: deque = deque(maxlen=policy.config.history)
         self.instruction = ""
+        self.generator = None
 
-    def start_episode(self, instruction: str) -> None:
+    def start_episode(self, instruction: str, seed: int = 0) -> None:
+        import torch
+
         self.frames.clear()
         self.instruction = instruction
+        self.generator = torch.Generator().manual_seed(seed) if self.temperature > 0 else None
 
     def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
         from ..model import Observation
 
         self.frames.append({c: observation[c] for c in self.policy.config.cameras})
         proprio = observation.get("proprio") if self.policy.config.proprio_dim else None
-        result = self.policy.predict([Observation(list(self.frames), self.instruction, proprio)], self.spec)[0]
+        observation = Observation(list(self.frames), self.instruction, proprio, self.temperature, self.generator)
+        result = self.policy.predict([observation], self.spec)[0]
         return result.actions, result.timings_ms
 
     def end_episode(self) -> None:
@@ -65,7 +72,7 @@ class EpisodeResult:
 def run_episode(env, actor: Actor, env_name: str, episode: int, seed: int, options: dict | None = None,
                 max_steps: int | None = None) -> EpisodeResult:
     obs, info = env.reset(seed=seed, options=options)
-    actor.start_episode(info["instruction"])
+    actor.start_episode(info["instruction"], seed)
     result = EpisodeResult(env_name, episode, seed, False, 0)
     limit = max_steps or env.max_steps
     try:
@@ -85,7 +92,7 @@ def run_episode(env, actor: Actor, env_name: str, episode: int, seed: int, optio
                 if done:
                     break
         result.success = bool(info.get("success", False))
-        result.metadata = {k: info[k] for k in ("has_location_phrase", "num_subgoals", "init_state") if k in info}
+        result.metadata = {k: info[k] for k in ("has_location_phrase", "num_subgoals", "sequence", "init_state") if k in info}
     finally:
         actor.end_episode()
     return result

@@ -46,6 +46,7 @@ class VLAConfig:
     proprio_high: list[float] = field(default_factory=list)
     backbone: BackboneShape = field(default_factory=BackboneShape)
     default_mask: str = "causal"
+    temperature: float = 0.0  # action sampling temperature used when a caller does not choose one (0 = greedy)
     training: dict = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:

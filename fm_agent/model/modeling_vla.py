@@ -33,6 +33,11 @@ class Observation:
     frames: Sequence[Frame]
     instruction: str
     proprio: np.ndarray | None = None
+    # Action sampling: 0 = greedy. A deterministic policy that reads a short history can loop forever
+    # in a partially observed world (turn left, turn right, ...); sampling from its own distribution
+    # breaks such loops. ``generator`` makes an episode's draws reproducible.
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
 
 
 @dataclass
@@ -167,7 +172,8 @@ class VLAPolicy:
     # -- acting -----------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, observations: Sequence[Observation], spec: FutureMaskSpec | None = None) -> list[ActionResult]:
-        """Actions for a batch of observations under one mask spec (constrained greedy decoding)."""
+        """Actions for a batch of observations under one mask spec (decoding constrained to action tokens;
+        greedy, or sampled per observation with its ``temperature``)."""
         spec = spec or FutureMaskSpec.parse(self.config.default_mask)
         start = time.perf_counter()
         inputs = self.encode(observations)
@@ -181,7 +187,7 @@ class VLAPolicy:
         lo, hi = self.actions.token_range()
         sequence, mask, chosen = inputs["input_ids"], inputs["attention_mask"], []
         for step in range(self.actions.tokens_per_call):
-            token = logits[:, lo:hi].argmax(-1, keepdim=True) + lo  # only action tokens are valid
+            token = self._choose(logits[:, lo:hi], observations) + lo  # only action tokens are valid
             chosen.append(token)
             if step + 1 == self.actions.tokens_per_call:
                 break
@@ -195,8 +201,19 @@ class VLAPolicy:
         shape = (self.actions.chunk, self.actions.dims) if self.actions.kind == "continuous" else (self.actions.chunk,)
         return [ActionResult(self.actions.decode(t).reshape(shape), t, dict(timings)) for t in tokens]
 
+    @staticmethod
+    def _choose(logits: torch.Tensor, observations: Sequence[Observation]) -> torch.Tensor:
+        """(B, 1) indices into the action-token range."""
+        token = logits.argmax(-1, keepdim=True)
+        for row, observation in enumerate(observations):
+            if observation.temperature > 0:
+                probs = torch.softmax(logits[row].double() / observation.temperature, -1)
+                token[row, 0] = torch.multinomial(probs, 1, generator=observation.generator)[0]
+        return token
+
     def predict_action(self, frames: Sequence[Frame], instruction: str, proprio: np.ndarray | None = None,
-                       mask: str = "causal", decode_mode: str = "prefill", merge=None) -> ActionResult:
+                       mask: str = "causal", decode_mode: str = "prefill", merge=None, temperature: float = 0.0,
+                       generator: torch.Generator | None = None) -> ActionResult:
         """One observation; ``merge`` is a MergeOptions or None."""
         spec = FutureMaskSpec(mask=mask, decode_mode=decode_mode, merge=merge)  # type: ignore[arg-type]
-        return self.predict([Observation(frames, instruction, proprio)], spec)[0]
+        return self.predict([Observation(frames, instruction, proprio, temperature, generator)], spec)[0]

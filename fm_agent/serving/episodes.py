@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 import uuid
 from collections import deque
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import torch
 
 from ..attention import FutureMaskSpec
 from .errors import RequestError
@@ -22,6 +24,8 @@ class Episode:
     spec: FutureMaskSpec
     history: deque  # of {camera: (H, W, 3) uint8}, oldest first, at most the model's history length
     seed: int = 0
+    temperature: float = 0.0  # action sampling; 0 = greedy
+    generator: torch.Generator | None = None  # the episode's own sampling stream, seeded by ``seed``
     steps: int = 0
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one step at a time per episode
@@ -39,13 +43,15 @@ class EpisodeStore:
     def __len__(self) -> int:
         return len(self._episodes)
 
-    def start(self, instruction: str, spec: FutureMaskSpec, seed: int = 0) -> Episode:
+    def start(self, instruction: str, spec: FutureMaskSpec, seed: int = 0, temperature: float = 0.0) -> Episode:
         self.evict_idle()
         if len(self._episodes) >= self.max_episodes:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"{self.max_episodes} episodes are live; end one (EndEpisode) or wait for the "
                                f"{self.idle_timeout_s:.0f} s idle timeout")
-        episode = Episode(uuid.uuid4().hex, instruction, spec, deque(maxlen=self.history), seed)
+        seed = seed or secrets.randbits(63)
+        generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+        episode = Episode(uuid.uuid4().hex, instruction, spec, deque(maxlen=self.history), seed, temperature, generator)
         self._episodes[episode.id] = episode
         return episode
 

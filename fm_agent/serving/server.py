@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from .codec import decode_observation, spec_from_message, spec_to_message
 from .episodes import EpisodeStore
 from .errors import RequestError, invalid
 
+MAX_TEMPERATURE = 100.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
 log = logging.getLogger("fm_agent.server")
 
@@ -72,7 +74,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             model_name=self.settings.model_name, model_version=__version__, action_space=space,
             cameras=[pb.CameraSpec(name=c, height=cfg.image_size, width=cfg.image_size) for c in cfg.cameras],
             history=cfg.history, proprio_dim=cfg.proprio_dim, available_masks=list(MASK_KINDS),
-            default_mask=spec_to_message(self.default_spec), max_message_bytes=self.settings.max_message_bytes)
+            default_mask=spec_to_message(self.default_spec), max_message_bytes=self.settings.max_message_bytes,
+            default_temperature=self.policy.config.temperature)
 
     async def StartEpisode(self, request, context) -> pb.StartEpisodeResponse:
         return await self._guard(context, self._start(request))
@@ -81,8 +84,12 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         if not request.instruction.strip():
             raise invalid("instruction is missing")
         spec = spec_from_message(request.mask, self.default_spec)
-        episode = self.episodes.start(request.instruction, spec, request.seed)
-        log.info(json.dumps({"event": "start_episode", "episode": episode.id, "mask": spec.label}))
+        temperature = request.temperature if request.HasField("temperature") else self.policy.config.temperature
+        if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+            raise invalid(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {temperature}")
+        episode = self.episodes.start(request.instruction, spec, request.seed, temperature)
+        log.info(json.dumps({"event": "start_episode", "episode": episode.id, "mask": spec.label,
+                             "temperature": temperature}))
         return pb.StartEpisodeResponse(episode_id=episode.id)
 
     async def EndEpisode(self, request, context) -> pb.EndEpisodeResponse:
@@ -115,8 +122,8 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             frames = episode.frames_with(frame)
             decoded = time.perf_counter()
             try:
-                batched = await self.worker.submit(Observation(frames, episode.instruction, proprio), episode.spec,
-                                                   deadline)
+                observation = Observation(frames, episode.instruction, proprio, episode.temperature, episode.generator)
+                batched = await self.worker.submit(observation, episode.spec, deadline)
             except TimeoutError as error:
                 raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(error)) from None
             except ValueError as error:

@@ -54,7 +54,7 @@ class ActionSpace(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., dims: _Optional[int] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., num_actions: _Optional[int] = ..., chunk: _Optional[int] = ...) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("model_name", "model_version", "action_space", "cameras", "history", "proprio_dim", "available_masks", "default_mask", "max_message_bytes")
+    __slots__ = ("model_name", "model_version", "action_space", "cameras", "history", "proprio_dim", "available_masks", "default_mask", "max_message_bytes", "default_temperature")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTION_SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class PolicyInfo(_message.Message):
     AVAILABLE_MASKS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MASK_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     action_space: ActionSpace
@@ -73,17 +74,20 @@ class PolicyInfo(_message.Message):
     available_masks: _containers.RepeatedScalarFieldContainer[str]
     default_mask: MaskOptions
     max_message_bytes: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., action_space: _Optional[_Union[ActionSpace, _Mapping]] = ..., cameras: _Optional[_Iterable[_Union[CameraSpec, _Mapping]]] = ..., history: _Optional[int] = ..., proprio_dim: _Optional[int] = ..., available_masks: _Optional[_Iterable[str]] = ..., default_mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    default_temperature: float
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., action_space: _Optional[_Union[ActionSpace, _Mapping]] = ..., cameras: _Optional[_Iterable[_Union[CameraSpec, _Mapping]]] = ..., history: _Optional[int] = ..., proprio_dim: _Optional[int] = ..., available_masks: _Optional[_Iterable[str]] = ..., default_mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., default_temperature: _Optional[float] = ...) -> None: ...
 
 class StartEpisodeRequest(_message.Message):
-    __slots__ = ("instruction", "mask", "seed")
+    __slots__ = ("instruction", "mask", "seed", "temperature")
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     instruction: str
     mask: MaskOptions
     seed: int
-    def __init__(self, instruction: _Optional[str] = ..., mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+    temperature: float
+    def __init__(self, instruction: _Optional[str] = ..., mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., seed: _Optional[int] = ..., temperature: _Optional[float] = ...) -> None: ...
 
 class StartEpisodeResponse(_message.Message):
     __slots__ = ("episode_id",)
