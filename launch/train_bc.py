@@ -5,6 +5,8 @@ Examples:
   python launch/train_bc.py --preset babyai --data data/demos/babyai --out checkpoints/babyai --max-minutes 12
   python launch/train_bc.py --preset libero --data data/demos/libero_spatial_64 --out checkpoints/libero_spatial
   python launch/train_bc.py --preset babyai --data ... --train-mask causal Mf Mv2t+merge   # one mask drawn per batch
+  python launch/train_bc.py --preset babyai --data data/demos/babyai_opendoors --init checkpoints/babyai_opendoors \
+      --out runs/finetuned --steps 1500      # start from a policy's weights (e.g. after launch/dagger.py)
 Re-running with the same --out resumes from its training_state.pt (use --fresh to start over).
 """
 
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="ignore an existing training state in --out")
+    parser.add_argument("--init", type=Path, help="start from this policy (weights, tokenizers, prompt layout); "
+                        "the shape options are then ignored; optimiser and schedule start afresh")
+    parser.add_argument("--temperature", type=float, help="the checkpoint's default action sampling temperature "
+                        "(0 = greedy; default: 0, or the --init policy's)")
     args = parser.parse_args(argv)
 
     import torch
@@ -70,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     train_eps = [episodes[i] for i in order[n_val:]]
     chunk = args.chunk or preset["chunk"]
     actions = np.concatenate([e.actions for e in train_eps])
-    if args.preset == "babyai":
+    if args.init is not None:
+        policy = VLAPolicy.from_pretrained(args.init)
+        if policy.config.env_family != args.preset:
+            parser.error(f"--init {args.init} is a {policy.config.env_family} policy, not {args.preset}")
+    elif args.preset == "babyai":
         action_tokenizer = ActionTokenizer.discrete(7, chunk=chunk)
     else:
         action_tokenizer = ActionTokenizer.fit(actions, bins=args.bins, chunk=chunk)
@@ -80,18 +90,21 @@ def main(argv: list[str] | None = None) -> int:
         proprio = np.concatenate([e.proprio for e in train_eps])
         proprio_dim = proprio.shape[1]
         proprio_low, proprio_high = np.quantile(proprio, 0.01, 0).tolist(), np.quantile(proprio, 0.99, 0).tolist()
-    config = VLAConfig(
-        env_family=args.preset, cameras=cameras, image_size=args.image_size or preset["image_size"],
-        history=args.history or preset["history"], action_tokenizer=action_tokenizer.to_dict(),
-        proprio_dim=proprio_dim, proprio_low=proprio_low, proprio_high=proprio_high,
-        backbone=BackboneShape(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
-                               intermediate=int(args.hidden * 8 / 3) // 16 * 16, patch_size=preset["patch"]),
-    )
-    policy = VLAPolicy.create(config, [e.instruction for e in episodes], seed=args.seed)
+    if args.init is None:
+        config = VLAConfig(
+            env_family=args.preset, cameras=cameras, image_size=args.image_size or preset["image_size"],
+            history=args.history or preset["history"], action_tokenizer=action_tokenizer.to_dict(),
+            proprio_dim=proprio_dim, proprio_low=proprio_low, proprio_high=proprio_high,
+            backbone=BackboneShape(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                                   intermediate=int(args.hidden * 8 / 3) // 16 * 16, patch_size=preset["patch"]),
+        )
+        policy = VLAPolicy.create(config, [e.instruction for e in episodes], seed=args.seed)
+    if args.temperature is not None:
+        policy.config.temperature = args.temperature
     params = sum(p.numel() for p in policy.model.parameters())
     print(f"{len(train_eps)} training / {len(val_eps)} validation episodes, "
           f"{sum(len(e.actions) for e in train_eps)} samples; model {params / 1e6:.2f}M parameters; "
-          f"prompt {len(policy.prompt_ids(train_eps[0].instruction, train_eps[0].proprio[0] if proprio_dim else None))} tokens")
+          f"prompt {len(policy.prompt_ids(train_eps[0].instruction, train_eps[0].proprio[0] if policy.config.proprio_dim else None))} tokens")
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              train_masks=tuple(args.train_mask), validate_every=args.validate_every,
                              checkpoint_every=args.validate_every, seed=args.seed, threads=args.threads,
@@ -100,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 resume=not args.fresh)
     policy.config.training = {
         "command": " ".join(sys.argv), "data": str(args.data), "episodes": len(episodes),
-        "envs": recorded_envs(args.data),
+        "envs": recorded_envs(args.data), "init": str(args.init) if args.init else None,
         "train_masks": list(args.train_mask), "steps": log.steps[-1] if log.steps else 0,
         "minutes": round(log.seconds / 60, 2), "parameters": params,
         "val_loss": log.val_loss[-1] if log.val_loss else None,

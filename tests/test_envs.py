@@ -168,3 +168,31 @@ def test_demos_round_trip_and_resume(tmp_path) -> None:
     record(["babyai:BabyAI-GoToSeqS5R2-v0"], 4, settings)  # resume: only episode 3 is new
     new = (tmp_path / "manifest.jsonl").read_text().splitlines()[len(lines):]
     assert [json.loads(l)["index"] for l in new] == [3]
+
+
+def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
+    """With beta = 1 every step executes the bot's label, so a DAgger episode must replay the bot's own
+    demonstration exactly; with beta = 0 the (untrained) learner acts and the bot still labels."""
+    from envs.dagger import collect
+    from envs.recording import run_expert_episode
+    from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
+
+    name = "babyai:BabyAI-OpenDoorsOrderN2-v0"
+    config = VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=2,
+                       action_tokenizer=ActionTokenizer.discrete(7).to_dict(),
+                       backbone=BackboneShape(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+                                              vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8))
+    policy = VLAPolicy.create(config, ["open the red door", "then after you"], seed=0)
+    stats = collect(name, policy, tmp_path / "expert", 2, 500, 0.0, 1.0, 64)
+    assert stats == {"episodes": 2, "learner_successes": 2}
+    env = make_env(name)
+    for index, path in enumerate(sorted((tmp_path / "expert").rglob("episode_*.h5"))):
+        episode, demo = read_episode(path), run_expert_episode(env, make_expert(env), name, index, 500 + index, None)
+        assert np.array_equal(episode.actions, demo.actions) and episode.instruction == demo.instruction
+        assert np.array_equal(episode.observations["image"], demo.observations["image"])
+
+    collect(name, policy, tmp_path / "learner", 2, 500, 1.0, 0.0, 12)
+    files = sorted((tmp_path / "learner").rglob("episode_*.h5"))
+    labels = np.concatenate([read_episode(p).actions for p in files])
+    assert len(files) == 2 and labels.min() >= 0 and labels.max() < 7
+    assert collect(name, policy, tmp_path / "learner", 2, 500, 1.0, 0.0, 12)["episodes"] == 0  # resumed

@@ -17,7 +17,9 @@ class BabyAIExpert:
 
         self._bot = BabyAIBot(self.env.unwrapped_env)
 
-    def act(self, observation=None) -> int:
+    def act(self, observation=None, taken: int | None = None) -> int:
+        """The bot's next action. ``taken``: the action actually executed last step, when it was not the
+        bot's own suggestion (a learner acting while the bot labels, as in DAgger)."""
         if self._bot is None:
             raise RuntimeError("call reset() after env.reset() before act()")
-        return int(self._bot.replan())
+        return int(self._bot.replan(taken))

@@ -1,0 +1,79 @@
+"""DAgger for BabyAI: the learner acts, BabyAI's bot labels every state the learner reaches.
+
+Behaviour cloning only sees states of the bot's own (perfect) paths; a learner that drifts off them,
+or loops, meets states no demonstration covers. Recording the bot's answer in exactly those states
+and training on the union is the standard fix (Ross et al., 2011). Episodes are written in the
+demonstration format (frames the learner saw, the bot's labels as actions), so ``train_bc.py`` reads
+them like any other recording.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .recording import TEXT_KEYS, Episode, episode_path, write_episode
+
+
+def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max_steps: int,
+                   beta: float = 0.0) -> Episode:
+    """One learner rollout labelled by ``expert``; with probability ``beta`` a step executes the label."""
+    obs, info = env.reset(seed=seed)
+    expert.reset()
+    actor.start_episode(info["instruction"], seed)
+    coin = random.Random(seed)
+    frames: dict[str, list] = {k: [] for k in obs if k not in TEXT_KEYS}
+    labels, rewards, taken = [], [], None
+    success = False
+    for _ in range(max_steps):
+        for key in frames:
+            frames[key].append(np.asarray(obs[key]))
+        label = expert.act(obs, taken)
+        learner = int(np.asarray(actor.act(obs)[0]).reshape(-1)[0])
+        taken = label if coin.random() < beta else learner
+        obs, reward, terminated, truncated, info = env.step(taken)
+        labels.append(label)
+        rewards.append(reward)
+        success = bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    actor.end_episode()
+    metadata = {k: v for k, v in info.items() if k in ("has_location_phrase", "num_subgoals", "sequence")}
+    metadata["learner_success"] = success
+    return Episode(env=env_name, index=index, seed=seed, init_state=None, instruction=info["instruction"],
+                   observations={k: np.stack(v) for k, v in frames.items()}, actions=np.asarray(labels),
+                   rewards=np.asarray(rewards, dtype=np.float32), success=success,
+                   expert=f"dagger:{type(expert).__name__}", metadata=metadata)
+
+
+def collect(env_name: str, policy, out: Path, episodes: int, base_seed: int, temperature: float, beta: float,
+            max_steps: int, progress: Any = None) -> dict[str, float]:
+    """Runs and writes ``episodes`` DAgger episodes (existing files are skipped: resumable)."""
+    from fm_agent.attention import FutureMaskSpec
+    from fm_agent.evaluation.rollout import InProcessActor
+
+    from .registry import make_env, make_expert
+
+    env = make_env(env_name)
+    expert = make_expert(env)
+    actor = InProcessActor(policy, FutureMaskSpec.parse(policy.config.default_mask), temperature)
+    wins = done = 0
+    recent: deque = deque(maxlen=200)
+    for index in range(episodes):
+        path = episode_path(out, env_name, index)
+        if not path.exists():
+            episode = dagger_episode(env, expert, actor, env_name, index, base_seed + index, max_steps, beta)
+            write_episode(path, episode)
+            wins += episode.success
+            done += 1
+            recent.append(episode.success)
+        if progress is not None:
+            progress.update(1)
+            if recent:
+                progress.set_postfix(learner_success=f"{np.mean(recent):.2f}")
+    env.close()
+    return {"episodes": done, "learner_successes": wins}
