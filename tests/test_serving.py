@@ -94,6 +94,18 @@ def test_full_episode_act_and_stream(client, checkpoint) -> None:
         assert np.array_equal(a.actions, b.actions), "same observations, same mask: same actions"
     client.end_episode(episode)
 
+    episode = client.start_episode(INSTRUCTION, mask="Mf", merge=True)
+    with client.open_stream() as stream:  # the step-by-step control loop on one stream
+        looped = [stream.act(episode, frame(s), np.zeros(8)) for s in range(4)]
+    assert [r.step for r in looped] == [0, 1, 2, 3]
+    assert all(np.array_equal(a.actions, b.actions) for a, b in zip(steps, looped))
+    with client.open_stream() as stream:  # a rejected step ends the stream, not the episode
+        with pytest.raises(grpc.RpcError) as error:
+            stream.act(episode, {"agentview": np.zeros((8, 8, 3), np.uint8)}, np.zeros(8))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.act(episode, frame(4), np.zeros(8)).step == 4
+    client.end_episode(episode)
+
 
 def test_concurrent_episodes_keep_histories_and_masks_apart(server, checkpoint) -> None:
     """Same observations in episodes with different masks, interleaved across threads, give exactly the

@@ -1,6 +1,7 @@
 """Transport cost of one control step: fm-agent's typed gRPC vs openpi's msgpack-over-websockets vs pickle.
 
-All three paths end in the same ``VLAPolicy.predict`` on the same checkpoint, so
+All three paths end in the same ``VLAPolicy.predict`` on the same checkpoint, each served from its own
+process on loopback (as deployed: a robot controller and a policy server), so
 ``round trip - in-process step`` is what the wire, the (de)serialisation and the server add; as the
 model step itself is noisy, each server also reports its own time per call, and
 ``round trip - server time`` (per call, then the median) isolates the transport.
@@ -13,6 +14,8 @@ from __future__ import annotations
 import json
 import pickle
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,8 +43,44 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"p50_ms": float(q[0]), "p95_ms": float(q[1]), "mean_ms": float(statistics.mean(values)), "n": len(values)}
 
 
+def _codec(kind: str) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
+    if kind == "msgpack":
+        from openpi_client import msgpack_numpy
+
+        return msgpack_numpy.unpackb, msgpack_numpy.packb
+    return pickle.loads, pickle.dumps
+
+
+def serve_websocket(kind: str, checkpoint: str, threads: int = 1) -> None:
+    """Process entry point: a websockets server speaking openpi's protocol shape (metadata first, then
+    request/reply) with ``kind`` = msgpack (openpi's msgpack-numpy) or pickle; prints its port."""
+    import torch
+
+    from ..model import VLAPolicy
+
+    torch.set_num_threads(threads)
+    server, port = _websocket_server(VLAPolicy.from_pretrained(checkpoint), *_codec(kind))
+    print(port, flush=True)
+    server.serve_forever()
+
+
+class _WebsocketProcess:
+    def __init__(self, kind: str, checkpoint: Path) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", "import sys; from fm_agent.profiling.transport import "
+                                         "serve_websocket; serve_websocket(sys.argv[1], sys.argv[2])", kind,
+                                         str(checkpoint)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline().strip()
+        if not line.isdigit():
+            self.stop()
+            raise ImportError(f"the {kind} websocket server did not start (is its package installed?)")
+        self.port = int(line)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
 def _websocket_server(policy, decode: Callable[[bytes], dict], encode: Callable[[dict], bytes]):
-    """A websockets server in a thread speaking openpi's protocol shape (metadata first, then request/reply)."""
     from websockets.sync.server import serve
 
     from ..model import Observation
@@ -57,8 +96,6 @@ def _websocket_server(policy, decode: Callable[[bytes], dict], encode: Callable[
             connection.send(encode({"actions": result.actions, "server_ms": server_ms}))
 
     server = serve(handler, "127.0.0.1", 0, compression=None, max_size=None)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     return server, server.socket.getsockname()[1]
 
 
@@ -90,9 +127,13 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 50, image_size: int
             episode = client.start_episode(instruction)
             wire: list[float] = []
             grpc_rtt = _timed(lambda: client.act(episode, images, proprio).latency["server_ms"], repeats, wire)
-        report["grpc"] = _stats(grpc_rtt)
-        report["grpc"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
-        report["grpc"]["overhead_p50_ms"] = report["grpc"]["p50_ms"] - report["in_process_step"]["p50_ms"]
+            report["grpc"] = _stats(grpc_rtt)
+            report["grpc"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
+            with client.open_stream() as stream:
+                wire = []
+                report["grpc_stream"] = _stats(_timed(lambda: stream.act(episode, images, proprio).latency["server_ms"],
+                                                      repeats, wire))
+                report["grpc_stream"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
         report["throughput"] = {}
         for label, batch in (("micro_batching", 8), ("no_batching", 1)):
             server.stop()
@@ -107,36 +148,39 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 50, image_size: int
 
     obs = {**images, "prompt": instruction, **({"state": proprio} if proprio is not None else {})}
     try:
-        from openpi_client import msgpack_numpy
         from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-        ws, port = _websocket_server(policy, msgpack_numpy.unpackb, msgpack_numpy.packb)
-        client = WebsocketClientPolicy("127.0.0.1", port)
-        wire = []
-        report["openpi_msgpack_websocket"] = _stats(_timed(lambda: client.infer(obs)["server_ms"], repeats, wire))
-        report["openpi_msgpack_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
-        ws.shutdown()
+        ws = _WebsocketProcess("msgpack", checkpoint)
+        try:
+            client = WebsocketClientPolicy("127.0.0.1", ws.port)
+            wire = []
+            report["openpi_msgpack_websocket"] = _stats(_timed(lambda: client.infer(obs)["server_ms"], repeats, wire))
+            report["openpi_msgpack_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
+        finally:
+            ws.stop()
     except ImportError as error:
         report["openpi_msgpack_websocket"] = {"skipped": f"openpi-client not installed ({error})"}
     try:
         from websockets.sync.client import connect
 
-        ws, port = _websocket_server(policy, pickle.loads, pickle.dumps)
-        connection = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None)
-        connection.recv()
+        ws = _WebsocketProcess("pickle", checkpoint)
+        try:
+            connection = connect(f"ws://127.0.0.1:{ws.port}", compression=None, max_size=None)
+            connection.recv()
 
-        def pickled() -> float:
-            connection.send(pickle.dumps(obs))
-            return pickle.loads(connection.recv())["server_ms"]
+            def pickled() -> float:
+                connection.send(pickle.dumps(obs))
+                return pickle.loads(connection.recv())["server_ms"]
 
-        wire = []
-        report["pickle_websocket"] = _stats(_timed(pickled, repeats, wire))
-        report["pickle_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
-        connection.close()
-        ws.shutdown()
+            wire = []
+            report["pickle_websocket"] = _stats(_timed(pickled, repeats, wire))
+            report["pickle_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
+            connection.close()
+        finally:
+            ws.stop()
     except ImportError as error:
         report["pickle_websocket"] = {"skipped": f"websockets not installed ({error})"}
-    for key in ("openpi_msgpack_websocket", "pickle_websocket"):
+    for key in ("grpc", "grpc_stream", "openpi_msgpack_websocket", "pickle_websocket"):
         if "p50_ms" in report[key]:
             report[key]["overhead_p50_ms"] = report[key]["p50_ms"] - report["in_process_step"]["p50_ms"]
     return report
@@ -173,7 +217,7 @@ def main(checkpoint: Path, out: Path, repeats: int) -> int:
     (out / "transport.json").write_text(json.dumps(report, indent=2))
     print(f"payload: {report['payload']}")
     print(f"in-process step p50 {report['in_process_step']['p50_ms']:.2f} ms")
-    for key in ("grpc", "openpi_msgpack_websocket", "pickle_websocket"):
+    for key in ("grpc", "grpc_stream", "openpi_msgpack_websocket", "pickle_websocket"):
         r = report[key]
         if "p50_ms" in r:
             print(f"{key:26s} round trip p50 {r['p50_ms']:.2f} ms p95 {r['p95_ms']:.2f} ms; minus in-process step "
