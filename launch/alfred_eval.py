@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.levels = args.levels or trained_levels(args.checkpoint)
     command = " ".join([f"python launch/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)])
+    # episode-major, masks innermost: an interrupted sweep still compares every mask on the same episodes
     jobs = [EpisodeJob(mask, f"babyai:{level}", i, args.seed + i, None)
-            for mask in args.masks for level in args.levels for i in range(args.episodes)]
+            for i in range(args.episodes) for level in args.levels for mask in args.masks]
     summary = evaluate(jobs, args, {"image_size": args.image_size}, "image",
                        ("has_location_phrase", "num_subgoals", "sequence"), {"levels": args.levels, "episodes": args.episodes, "command": command})
     print_summary(summary)

@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         from fm_agent.model.configuration_vla import VLAConfig
 
         image_size = VLAConfig.load(Path(args.checkpoint)).image_size
+    # episode-major, masks innermost: an interrupted sweep still compares every mask on the same episodes
     jobs = [EpisodeJob(mask, f"libero:{args.suite}/{t}", i, args.seed + i, s)
-            for mask in args.masks for t in tasks for i, s in enumerate(states)]
+            for i, s in enumerate(states) for t in tasks for mask in args.masks]
     env_kwargs = {"image_size": image_size or 128, "render": args.render}
     summary = evaluate(jobs, args, env_kwargs, "agentview", ("init_state",),
                        {"suite": args.suite, "tasks": tasks, "init_states": states, "command": command})

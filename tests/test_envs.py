@@ -113,6 +113,27 @@ def test_libero_rendered_rollout_images_are_real() -> None:
         env.close()
 
 
+def test_libero_blind_steps_leave_the_read_images_unchanged() -> None:
+    """Skipping the cameras inside an action chunk must not change the images the policy does read."""
+    env = make_env("libero:libero_spatial/0", image_size=32)
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, (16, 7)).astype(np.float32)
+    try:
+        def rollout(blind: bool) -> list[np.ndarray]:
+            env.reset(options={"init_state": 3}, seed=3)
+            read = []
+            for i, action in enumerate(actions):
+                obs, *_ = env.step(action, render=not (blind and i % 4 != 3))
+                if i % 4 == 3:
+                    read.append(np.concatenate([obs["agentview"].ravel(), obs["wrist"].ravel()]))
+            return read
+
+        always, blind = rollout(False), rollout(True)
+        assert all(np.array_equal(a, b) for a, b in zip(always, blind))
+        assert not np.array_equal(always[0], always[-1])  # the arm moved: the comparison means something
+    finally:
+        env.close()
+
+
 def test_libero_step_rejects_bad_actions(libero_state_only) -> None:
     libero_state_only.reset(options={"init_state": 0})
     with pytest.raises(ValueError, match="7 finite floats"):

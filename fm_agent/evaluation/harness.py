@@ -79,6 +79,8 @@ def _save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
 class _Recorder:
     """Wraps an env so a rollout's frames can be kept for a video."""
 
+    supports_blind_steps = False  # a video needs every frame
+
     def __init__(self, env, camera: str) -> None:
         self.env, self.camera, self.frames = env, camera, []
 
@@ -249,8 +251,8 @@ class _Borrowed:
     def reset(self, **kwargs):
         return self.env.reset(**kwargs)
 
-    def step(self, action):
-        return self.env.step(action)
+    def step(self, action, **kwargs):
+        return self.env.step(action, **kwargs)
 
     def close(self) -> None:
         pass

@@ -75,6 +75,7 @@ def run_episode(env, actor: Actor, env_name: str, episode: int, seed: int, optio
     actor.start_episode(info["instruction"], seed)
     result = EpisodeResult(env_name, episode, seed, False, 0)
     limit = max_steps or env.max_steps
+    blind_steps = bool(getattr(env, "supports_blind_steps", False))
     try:
         done = False
         while not done and result.steps < limit:
@@ -83,9 +84,14 @@ def run_episode(env, actor: Actor, env_name: str, episode: int, seed: int, optio
             result.policy_ms.append((time.perf_counter() - start) * 1e3)
             for key, value in timings.items():
                 result.server_ms.setdefault(key, []).append(value)
-            for action in np.asarray(actions).reshape(len(actions), -1) if np.ndim(actions) > 1 else actions:
+            chunk = np.asarray(actions).reshape(len(actions), -1) if np.ndim(actions) > 1 else actions
+            for index, action in enumerate(chunk):
                 start = time.perf_counter()
-                obs, _, terminated, truncated, info = env.step(action if np.ndim(action) else int(action))
+                action = action if np.ndim(action) else int(action)
+                if blind_steps and index < len(chunk) - 1:  # the policy will not read this step's images
+                    obs, _, terminated, truncated, info = env.step(action, render=False)
+                else:
+                    obs, _, terminated, truncated, info = env.step(action)
                 result.env_ms.append((time.perf_counter() - start) * 1e3)
                 result.steps += 1
                 done = terminated or truncated or result.steps >= limit
