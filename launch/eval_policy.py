@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=100_000, help="first episode seed (demos used 0..)")
     parser.add_argument("--max-steps", type=int, help="cap on steps per episode")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--temperature", type=float, help="action sampling, 0 = greedy (default: the checkpoint's); "
+                        "episode i's draws are seeded with its seed")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -42,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     policy = VLAPolicy.from_pretrained(args.checkpoint)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {"command": " ".join(sys.argv), "checkpoint": str(args.checkpoint), "masks": {}}
+    report = {"command": " ".join(sys.argv), "checkpoint": str(args.checkpoint), "masks": {},
+              "temperature": policy.config.temperature if args.temperature is None else args.temperature}
     size = policy.config.image_size
     for label in args.masks:
-        actor = InProcessActor(policy, FutureMaskSpec.parse(label))
+        actor = InProcessActor(policy, FutureMaskSpec.parse(label), args.temperature)
         results = []
         bar = tqdm(total=args.episodes * len(args.env), desc=label, unit="ep")
         for name in args.env:

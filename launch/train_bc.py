@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = VLAPolicy.create(config, [e.instruction for e in episodes], seed=args.seed)
     if args.temperature is not None:
         policy.config.temperature = args.temperature
+    earlier = dict(policy.config.training) if args.init is not None else None  # the --init policy's own record
     params = sum(p.numel() for p in policy.model.parameters())
     print(f"{len(train_eps)} training / {len(val_eps)} validation episodes, "
           f"{sum(len(e.actions) for e in train_eps)} samples; model {params / 1e6:.2f}M parameters; "
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     policy.config.training = {
         "command": " ".join(sys.argv), "data": str(args.data), "episodes": len(episodes),
         "envs": recorded_envs(args.data), "init": str(args.init) if args.init else None,
+        **({"init_training": earlier} if earlier else {}),
         "train_masks": list(args.train_mask), "steps": log.steps[-1] if log.steps else 0,
         "minutes": round(log.seconds / 60, 2), "parameters": params,
         "val_loss": log.val_loss[-1] if log.val_loss else None,

@@ -263,6 +263,13 @@ def _worker(args: tuple) -> dict:
     os.environ.setdefault("MUJOCO_GL", "egl")
     rows = run_jobs([job], address, lambda name: _Borrowed(_worker_env(name, env_kwargs)), out, camera, videos,
                     max_steps, None, retries, temperature)
+    if rows[0].get("error"):  # the simulator may be what failed: the next job in this worker builds a fresh one
+        crashed = _WORKER_ENVS.pop(job.env, None)
+        if crashed is not None:
+            try:
+                crashed.close()
+            except Exception:  # noqa: BLE001  (a dead simulator may not close cleanly)
+                pass
     return rows[0]
 
 
