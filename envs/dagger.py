@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .recording import TEXT_KEYS, Episode, episode_path, write_episode
+from .recording import Episode, episode_metadata, episode_path, labelled_rollout, write_episode
 
 
 def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max_steps: int,
@@ -26,27 +26,20 @@ def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max
     expert.reset()
     actor.start_episode(info["instruction"], seed)
     coin = random.Random(seed)
-    frames: dict[str, list] = {k: [] for k in obs if k not in TEXT_KEYS}
-    labels, rewards, taken = [], [], None
-    success = False
-    for _ in range(max_steps):
-        for key in frames:
-            frames[key].append(np.asarray(obs[key]))
-        label = expert.act(obs, taken)
-        learner = int(np.asarray(actor.act(obs)[0]).reshape(-1)[0])
+    taken = None
+
+    def decide(observation) -> tuple[int, int]:
+        nonlocal taken
+        label = expert.act(observation, taken)
+        learner = int(np.asarray(actor.act(observation)[0]).reshape(-1)[0])
         taken = label if coin.random() < beta else learner
-        obs, reward, terminated, truncated, info = env.step(taken)
-        labels.append(label)
-        rewards.append(reward)
-        success = bool(info.get("success", False))
-        if terminated or truncated:
-            break
+        return label, taken
+
+    observations, labels, rewards, success, info = labelled_rollout(env, obs, decide, max_steps)
     actor.end_episode()
-    metadata = {k: v for k, v in info.items() if k in ("has_location_phrase", "num_subgoals", "sequence")}
-    metadata["learner_success"] = success
+    metadata = {**episode_metadata(info), "learner_success": success}
     return Episode(env=env_name, index=index, seed=seed, init_state=None, instruction=info["instruction"],
-                   observations={k: np.stack(v) for k, v in frames.items()}, actions=np.asarray(labels),
-                   rewards=np.asarray(rewards, dtype=np.float32), success=success,
+                   observations=observations, actions=labels, rewards=rewards, success=success,
                    expert=f"dagger:{type(expert).__name__}", metadata=metadata)
 
 

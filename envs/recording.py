@@ -108,25 +108,46 @@ def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_s
     options = {"init_state": init_state} if init_state is not None else None
     obs, info = env.reset(seed=seed, options=options)
     expert.reset()
+
+    def decide(observation) -> tuple[Any, Any]:
+        action = expert.act(observation)
+        return action, action
+
+    observations, actions, rewards, success, info = labelled_rollout(
+        env, obs, decide, max_steps or getattr(env, "max_steps", 1000))
+    return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
+                   observations=observations, actions=actions, rewards=rewards, success=success,
+                   expert=type(expert).__name__, metadata=episode_metadata(info))
+
+
+METADATA_KEYS = ("has_location_phrase", "num_subgoals", "sequence", "suite", "task_id")
+
+
+def episode_metadata(info: dict) -> dict:
+    """The mission / task fields of an env's ``info`` that an episode file keeps."""
+    return {k: v for k, v in info.items() if k in METADATA_KEYS}
+
+
+def labelled_rollout(env, obs, decide: Callable[[Any], tuple[Any, Any]], limit: int):
+    """Steps ``env`` from ``obs`` for at most ``limit`` steps; ``decide(obs)`` returns (label, executed
+    action). Keeps every observed frame with its label: the expert's own path when the two are the
+    same action, a learner's path labelled by the expert in DAgger.
+
+    Returns (frames per key stacked, labels, rewards, success, last info)."""
     frames: dict[str, list] = {k: [] for k in obs if k not in TEXT_KEYS}
-    actions, rewards = [], []
-    limit = max_steps or getattr(env, "max_steps", 1000)
-    success = False
+    labels, rewards, success, info = [], [], False, {}
     for _ in range(limit):
         for key in frames:
             frames[key].append(np.asarray(obs[key]))
-        action = expert.act(obs)
-        obs, reward, terminated, truncated, info = env.step(action)
-        actions.append(action)
+        label, executed = decide(obs)
+        obs, reward, terminated, truncated, info = env.step(executed)
+        labels.append(label)
         rewards.append(reward)
         success = bool(info.get("success", False))
         if terminated or truncated:
             break
-    metadata = {k: v for k, v in info.items() if k in ("has_location_phrase", "num_subgoals", "sequence", "suite", "task_id")}
-    return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
-                   observations={k: np.stack(v) for k, v in frames.items()}, actions=np.asarray(actions),
-                   rewards=np.asarray(rewards, dtype=np.float32), success=success, expert=type(expert).__name__,
-                   metadata=metadata)
+    return ({k: np.stack(v) for k, v in frames.items()}, np.asarray(labels),
+            np.asarray(rewards, dtype=np.float32), success, info)
 
 
 def episode_plan(env_name: str, index: int, base_seed: int = 0) -> tuple[int, int | None]:
