@@ -35,9 +35,12 @@ def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max
         taken = label if coin.random() < beta else learner
         return label, taken
 
-    observations, labels, rewards, success, info = labelled_rollout(env, obs, decide, max_steps)
+    observations, labels, rewards, success, last = labelled_rollout(env, obs, decide, max_steps)
     actor.end_episode()
+    info = {**info, **last}
     metadata = {**episode_metadata(info), "learner_success": success}
+    if "expert_gave_up" in info:
+        metadata["expert_gave_up"] = info["expert_gave_up"]
     return Episode(env=env_name, index=index, seed=seed, init_state=None, instruction=info["instruction"],
                    observations=observations, actions=labels, rewards=rewards, success=success,
                    expert=f"dagger:{type(expert).__name__}", metadata=metadata)
@@ -54,13 +57,16 @@ def collect(env_name: str, policy, out: Path, episodes: int, base_seed: int, tem
     env = make_env(env_name)
     expert = make_expert(env)
     actor = InProcessActor(policy, FutureMaskSpec.parse(policy.config.default_mask), temperature)
-    wins = done = 0
+    wins = done = skipped = 0
     recent: deque = deque(maxlen=200)
     for index in range(episodes):
         path = episode_path(out, env_name, index)
         if not path.exists():
             episode = dagger_episode(env, expert, actor, env_name, index, base_seed + index, max_steps, beta)
-            write_episode(path, episode)
+            if len(episode.actions):  # the bot may give up before labelling anything; nothing to keep then
+                write_episode(path, episode)
+            else:
+                skipped += 1
             wins += episode.success
             done += 1
             recent.append(episode.success)
@@ -69,4 +75,4 @@ def collect(env_name: str, policy, out: Path, episodes: int, base_seed: int, tem
             if recent:
                 progress.set_postfix(learner_success=f"{np.mean(recent):.2f}")
     env.close()
-    return {"episodes": done, "learner_successes": wins}
+    return {"episodes": done, "learner_successes": wins, "unlabelled_skipped": skipped}

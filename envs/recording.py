@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .experts import ExpertGaveUp
+
 FORMAT = "fm-agent-episode/1"
 TEXT_KEYS = ("instruction",)
 
@@ -113,8 +115,9 @@ def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_s
         action = expert.act(observation)
         return action, action
 
-    observations, actions, rewards, success, info = labelled_rollout(
+    observations, actions, rewards, success, last = labelled_rollout(
         env, obs, decide, max_steps or getattr(env, "max_steps", 1000))
+    info = {**info, **last}
     return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
                    observations=observations, actions=actions, rewards=rewards, success=success,
                    expert=type(expert).__name__, metadata=episode_metadata(info))
@@ -133,20 +136,28 @@ def labelled_rollout(env, obs, decide: Callable[[Any], tuple[Any, Any]], limit: 
     action). Keeps every observed frame with its label: the expert's own path when the two are the
     same action, a learner's path labelled by the expert in DAgger.
 
+    If the expert gives up (:class:`ExpertGaveUp`, e.g. in a state a learner led it to), the rollout
+    ends there with the steps labelled so far and ``info["expert_gave_up"]`` set.
+
     Returns (frames per key stacked, labels, rewards, success, last info)."""
     frames: dict[str, list] = {k: [] for k in obs if k not in TEXT_KEYS}
     labels, rewards, success, info = [], [], False, {}
     for _ in range(limit):
+        try:
+            label, executed = decide(obs)
+        except ExpertGaveUp as error:
+            info = {**info, "expert_gave_up": str(error)}
+            break
         for key in frames:
             frames[key].append(np.asarray(obs[key]))
-        label, executed = decide(obs)
         obs, reward, terminated, truncated, info = env.step(executed)
         labels.append(label)
         rewards.append(reward)
         success = bool(info.get("success", False))
         if terminated or truncated:
             break
-    return ({k: np.stack(v) for k, v in frames.items()}, np.asarray(labels),
+    empty = {k: np.asarray(obs[k])[None][:0] for k in frames}  # zero steps, with the frames' shapes
+    return ({k: np.stack(v) if v else empty[k] for k, v in frames.items()}, np.asarray(labels),
             np.asarray(rewards, dtype=np.float32), success, info)
 
 

@@ -205,7 +205,7 @@ def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
                                               vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8))
     policy = VLAPolicy.create(config, ["open the red door", "then after you"], seed=0)
     stats = collect(name, policy, tmp_path / "expert", 2, 500, 0.0, 1.0, 64)
-    assert stats == {"episodes": 2, "learner_successes": 2}
+    assert stats == {"episodes": 2, "learner_successes": 2, "unlabelled_skipped": 0}
     env = make_env(name)
     for index, path in enumerate(sorted((tmp_path / "expert").rglob("episode_*.h5"))):
         episode, demo = read_episode(path), run_expert_episode(env, make_expert(env), name, index, 500 + index, None)
@@ -217,3 +217,32 @@ def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
     labels = np.concatenate([read_episode(p).actions for p in files])
     assert len(files) == 2 and labels.min() >= 0 and labels.max() < 7
     assert collect(name, policy, tmp_path / "learner", 2, 500, 1.0, 0.0, 12)["episodes"] == 0  # resumed
+
+
+def test_a_rollout_ends_where_the_expert_gives_up() -> None:
+    """BabyAI's bot asserts in some states a learner leads it to; that must end the episode with the
+    steps labelled so far, not crash a DAgger collection hours in."""
+    from envs.experts import ExpertGaveUp
+    from envs.recording import labelled_rollout
+
+    env = make_env("babyai:BabyAI-OpenDoorsOrderN2-v0")
+    obs, _ = env.reset(seed=3)
+    calls = 0
+
+    def decide(observation):
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise ExpertGaveUp("no path")
+        return 0, 0  # turn left
+
+    frames, labels, rewards, success, info = labelled_rollout(env, obs, decide, 50)
+    assert len(labels) == 3 and len(frames["image"]) == 3 and len(rewards) == 3 and not success
+    assert info["expert_gave_up"] == "no path"
+
+    def give_up(observation):
+        raise ExpertGaveUp("lost at once")
+
+    obs, _ = env.reset(seed=3)
+    frames, labels, _, _, info = labelled_rollout(env, obs, give_up, 50)
+    assert len(labels) == 0 and frames["image"].shape == (0, *obs["image"].shape) and "expert_gave_up" in info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..babyai_env import BabyAIEnv
+from . import ExpertGaveUp
 
 
 class BabyAIExpert:
@@ -22,4 +23,7 @@ class BabyAIExpert:
         bot's own suggestion (a learner acting while the bot labels, as in DAgger)."""
         if self._bot is None:
             raise RuntimeError("call reset() after env.reset() before act()")
-        return int(self._bot.replan(taken))
+        try:
+            return int(self._bot.replan(taken))
+        except (AssertionError, RecursionError, KeyError, IndexError) as error:  # the bot's own planner failures
+            raise ExpertGaveUp(f"BabyAI's bot cannot plan from this state ({type(error).__name__}: {error})") from error
