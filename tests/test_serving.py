@@ -245,6 +245,18 @@ def test_client_survives_a_server_restart(checkpoint) -> None:
     server.stop()
 
 
+def test_retry_policy_retries_only_unavailable_with_growing_jittered_waits() -> None:
+    from fm_agent.client import RetryPolicy
+
+    policy = RetryPolicy(retries=3, backoff_s=0.1)
+    for attempt in range(3):
+        wait = policy.delay(grpc.StatusCode.UNAVAILABLE, attempt)
+        assert 0.05 * 2 ** attempt <= wait <= 0.1 * 2 ** attempt
+    assert policy.delay(grpc.StatusCode.UNAVAILABLE, 3) is None  # retries spent
+    for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED):
+        assert policy.delay(code, 0) is None
+
+
 def test_bearer_token(checkpoint) -> None:
     server = start_server(checkpoint, "--token", "s3cret")
     try:

@@ -28,7 +28,8 @@ from ..v1 import policy_pb2_grpc as pb_grpc
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
-__all__ = ["ActResult", "ActStream", "AsyncPolicyClient", "PolicyClient", "encode_image", "mask_options", "pb"]
+__all__ = ["ActResult", "ActStream", "AsyncPolicyClient", "PolicyClient", "RetryPolicy", "encode_image",
+           "mask_options", "pb"]
 
 
 def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality: int = 95) -> pb.Image:
@@ -146,8 +147,28 @@ class ActStream:
         self.close()
 
 
-def _backoff(attempt: int, base: float) -> float:
-    return base * (2 ** attempt) * (0.5 + random.random() / 2)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Only ``UNAVAILABLE`` is retried: the server is restarting or not up yet, and the request never
+    reached a handler. Anything else (a rejected input, a lost episode) would fail again the same way."""
+
+    retries: int = 5
+    backoff_s: float = 0.1
+
+    def delay(self, code: grpc.StatusCode, attempt: int) -> float | None:
+        """Seconds to wait before another try after failed attempt ``attempt`` (0-based), or None: raise."""
+        if code not in RETRYABLE or attempt >= self.retries:
+            return None
+        return self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)  # exponential, with jitter
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+def _bearer(token: str | None) -> list[tuple[str, str]] | None:
+    return [("authorization", f"Bearer {token}")] if token else None
 
 
 class PolicyClient:
@@ -156,25 +177,26 @@ class PolicyClient:
     def __init__(self, address: str, timeout: float = 30.0, retries: int = 5, backoff_s: float = 0.1,
                  token: str | None = None, root_certificates: bytes | None = None,
                  max_message_bytes: int = 16 * 1024 * 1024) -> None:
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+        options = _channel_options(max_message_bytes)
         if root_certificates is not None:
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
         else:
             self.channel = grpc.insecure_channel(address, options)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
-        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
-        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+        self.timeout, self.retry = timeout, RetryPolicy(retries, backoff_s)
+        self.metadata = _bearer(token)
 
     def _call(self, method: Callable, request: Any, timeout: float | None = None) -> Any:
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
             except grpc.RpcError as error:
-                if error.code() not in RETRYABLE or attempt == self.retries:
+                delay = self.retry.delay(error.code(), attempt)
+                if delay is None:
                     raise
-                time.sleep(_backoff(attempt, self.backoff_s))
-        raise AssertionError("unreachable")
+            time.sleep(delay)
+            attempt += 1
 
     def info(self) -> pb.PolicyInfo:
         return self._call(self.stub.GetInfo, pb.GetInfoRequest())
@@ -217,23 +239,28 @@ class AsyncPolicyClient:
     """asyncio twin of :class:`PolicyClient`."""
 
     def __init__(self, address: str, timeout: float = 30.0, retries: int = 5, backoff_s: float = 0.1,
-                 token: str | None = None, max_message_bytes: int = 16 * 1024 * 1024) -> None:
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
-        self.channel = grpc.aio.insecure_channel(address, options)
+                 token: str | None = None, root_certificates: bytes | None = None,
+                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        options = _channel_options(max_message_bytes)
+        if root_certificates is not None:
+            self.channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
+        else:
+            self.channel = grpc.aio.insecure_channel(address, options)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
-        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
-        self.metadata = [("authorization", f"Bearer {token}")] if token else None
+        self.timeout, self.retry = timeout, RetryPolicy(retries, backoff_s)
+        self.metadata = _bearer(token)
 
     async def _call(self, method: Callable, request: Any, timeout: float | None = None) -> Any:
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             try:
                 return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
             except grpc.aio.AioRpcError as error:
-                if error.code() not in RETRYABLE or attempt == self.retries:
+                delay = self.retry.delay(error.code(), attempt)
+                if delay is None:
                     raise
-                await asyncio.sleep(_backoff(attempt, self.backoff_s))
-        raise AssertionError("unreachable")
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def info(self) -> pb.PolicyInfo:
         return await self._call(self.stub.GetInfo, pb.GetInfoRequest())
