@@ -35,12 +35,9 @@ def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max
         taken = label if coin.random() < beta else learner
         return label, taken
 
-    observations, labels, rewards, success, last = labelled_rollout(env, obs, decide, max_steps)
+    observations, labels, rewards, success, info = labelled_rollout(env, obs, info, decide, max_steps)
     actor.end_episode()
-    info = {**info, **last}
     metadata = {**episode_metadata(info), "learner_success": success}
-    if "expert_gave_up" in info:
-        metadata["expert_gave_up"] = info["expert_gave_up"]
     return Episode(env=env_name, index=index, seed=seed, init_state=None, instruction=info["instruction"],
                    observations=observations, actions=labels, rewards=rewards, success=success,
                    expert=f"dagger:{type(expert).__name__}", metadata=metadata)

@@ -115,15 +115,14 @@ def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_s
         action = expert.act(observation)
         return action, action
 
-    observations, actions, rewards, success, last = labelled_rollout(
-        env, obs, decide, max_steps or getattr(env, "max_steps", 1000))
-    info = {**info, **last}
+    observations, actions, rewards, success, info = labelled_rollout(
+        env, obs, info, decide, max_steps or getattr(env, "max_steps", 1000))
     return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
                    observations=observations, actions=actions, rewards=rewards, success=success,
                    expert=type(expert).__name__, metadata=episode_metadata(info))
 
 
-METADATA_KEYS = ("has_location_phrase", "num_subgoals", "sequence", "suite", "task_id")
+METADATA_KEYS = ("has_location_phrase", "num_subgoals", "sequence", "suite", "task_id", "expert_gave_up")
 
 
 def episode_metadata(info: dict) -> dict:
@@ -131,34 +130,34 @@ def episode_metadata(info: dict) -> dict:
     return {k: v for k, v in info.items() if k in METADATA_KEYS}
 
 
-def labelled_rollout(env, obs, decide: Callable[[Any], tuple[Any, Any]], limit: int):
-    """Steps ``env`` from ``obs`` for at most ``limit`` steps; ``decide(obs)`` returns (label, executed
-    action). Keeps every observed frame with its label: the expert's own path when the two are the
+def labelled_rollout(env, obs, info: dict, decide: Callable[[Any], tuple[Any, Any]], limit: int):
+    """Steps ``env`` from ``obs`` (and its reset ``info``) for at most ``limit`` steps; ``decide(obs)``
+    returns (label, executed action). Keeps every observed frame with its label: the expert's own path when the two are the
     same action, a learner's path labelled by the expert in DAgger.
 
     If the expert gives up (:class:`ExpertGaveUp`, e.g. in a state a learner led it to), the rollout
     ends there with the steps labelled so far and ``info["expert_gave_up"]`` set.
 
-    Returns (frames per key stacked, labels, rewards, success, last info)."""
+    Returns (frames per key stacked, labels, rewards, success, the reset info updated by every step's)."""
     frames: dict[str, list] = {k: [] for k in obs if k not in TEXT_KEYS}
-    labels, rewards, success, info = [], [], False, {}
+    labels, rewards, success, info = [], [], False, dict(info)
     for _ in range(limit):
         try:
             label, executed = decide(obs)
         except ExpertGaveUp as error:
-            info = {**info, "expert_gave_up": str(error)}
+            info["expert_gave_up"] = str(error)
             break
         for key in frames:
             frames[key].append(np.asarray(obs[key]))
-        obs, reward, terminated, truncated, info = env.step(executed)
+        obs, reward, terminated, truncated, step_info = env.step(executed)
+        info.update(step_info)
         labels.append(label)
         rewards.append(reward)
-        success = bool(info.get("success", False))
+        success = bool(step_info.get("success", False))
         if terminated or truncated:
             break
-    empty = {k: np.asarray(obs[k])[None][:0] for k in frames}  # zero steps, with the frames' shapes
-    return ({k: np.stack(v) if v else empty[k] for k, v in frames.items()}, np.asarray(labels),
-            np.asarray(rewards, dtype=np.float32), success, info)
+    stacked = {k: np.stack(v) if v else np.asarray(obs[k])[None][:0] for k, v in frames.items()}  # [:0]: no steps
+    return stacked, np.asarray(labels), np.asarray(rewards, dtype=np.float32), success, info
 
 
 def episode_plan(env_name: str, index: int, base_seed: int = 0) -> tuple[int, int | None]:

@@ -226,7 +226,7 @@ def test_a_rollout_ends_where_the_expert_gives_up() -> None:
     from envs.recording import labelled_rollout
 
     env = make_env("babyai:BabyAI-OpenDoorsOrderN2-v0")
-    obs, _ = env.reset(seed=3)
+    obs, info = env.reset(seed=3)
     calls = 0
 
     def decide(observation):
@@ -236,13 +236,14 @@ def test_a_rollout_ends_where_the_expert_gives_up() -> None:
             raise ExpertGaveUp("no path")
         return 0, 0  # turn left
 
-    frames, labels, rewards, success, info = labelled_rollout(env, obs, decide, 50)
+    frames, labels, rewards, success, info = labelled_rollout(env, obs, info, decide, 50)
     assert len(labels) == 3 and len(frames["image"]) == 3 and len(rewards) == 3 and not success
     assert info["expert_gave_up"] == "no path"
 
     def give_up(observation):
         raise ExpertGaveUp("lost at once")
 
-    obs, _ = env.reset(seed=3)
-    frames, labels, _, _, info = labelled_rollout(env, obs, give_up, 50)
+    obs, info = env.reset(seed=3)
+    frames, labels, _, _, info = labelled_rollout(env, obs, info, give_up, 50)
     assert len(labels) == 0 and frames["image"].shape == (0, *obs["image"].shape) and "expert_gave_up" in info
+    assert info["instruction"] == obs["instruction"]  # the reset info survives a rollout of no steps
