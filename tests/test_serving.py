@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fm_agent.attention import FutureMaskSpec, MergeOptions
-from fm_agent.client import PolicyClient, act_request, encode_image, pb
+from fm_agent.client import PolicyClient, act_request, encode_act_request, encode_image, pb
 from fm_agent.model import Observation, VLAPolicy
 from serving_helpers import INSTRUCTION, frame, start_server, tiny_checkpoint
 
@@ -104,6 +104,31 @@ def test_full_episode_act_and_stream(client, checkpoint) -> None:
             stream.act(episode, {"agentview": np.zeros((8, 8, 3), np.uint8)}, np.zeros(8))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert client.act(episode, frame(4), np.zeros(8)).step == 4
+    client.end_episode(episode)
+
+
+def test_asyncio_client_runs_an_episode_like_the_sync_client(server, client) -> None:
+    import asyncio
+
+    from fm_agent.client import AsyncPolicyClient
+
+    async def episode_with_async_client() -> tuple[list, grpc.StatusCode]:
+        async with AsyncPolicyClient(server.address, timeout=20) as aclient:
+            assert (await aclient.info()).history == 2
+            episode = await aclient.start_episode(INSTRUCTION, mask="Mv2t", seed=3)
+            steps = [await aclient.act(episode, frame(s), np.zeros(8)) for s in range(3)]
+            assert await aclient.end_episode(episode) == 3
+            try:
+                await aclient.act(episode, frame(0), np.zeros(8))
+            except grpc.aio.AioRpcError as error:
+                return steps, error.code()
+            return steps, grpc.StatusCode.OK
+
+    steps, ended = asyncio.run(episode_with_async_client())
+    assert [s.step for s in steps] == [0, 1, 2] and ended == grpc.StatusCode.NOT_FOUND
+    episode = client.start_episode(INSTRUCTION, mask="Mv2t", seed=3)
+    for s, async_step in enumerate(steps):
+        assert np.array_equal(client.act(episode, frame(s), np.zeros(8)).actions, async_step.actions)
     client.end_episode(episode)
 
 
@@ -243,6 +268,24 @@ def test_client_survives_a_server_restart(checkpoint) -> None:
         episode = c.start_episode(INSTRUCTION)
         assert c.act(episode, frame(0), np.zeros(8)).step == 0
     server.stop()
+
+
+@pytest.mark.parametrize("side", [1, 5, 224, 300])  # 1-, 2- and 3-byte length prefixes
+def test_act_request_bytes_are_the_act_request_message(side: int) -> None:
+    rng = np.random.default_rng(side)
+    wide = rng.integers(0, 256, (side, 2 * side, 3), dtype=np.uint8)
+    images = {"agentview": wide[:, ::2], "wrist_é": rng.integers(0, 256, (side, side, 3), dtype=np.uint8)}
+    for proprio in (None, np.arange(8, dtype=np.float64) / 3):
+        expected = act_request("episode-1", images, proprio)
+        decoded = pb.ActRequest.FromString(encode_act_request("episode-1", images, proprio))
+        assert abs(decoded.observation.client_time - expected.observation.client_time) < 60
+        decoded.observation.client_time = expected.observation.client_time
+        assert decoded == expected
+    png = pb.ActRequest.FromString(encode_act_request("e", images, encoding="png"))
+    assert [i.encoding for i in png.observation.images] == [pb.Image.PNG, pb.Image.PNG]
+    for bad in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 4), np.uint8)):
+        with pytest.raises(ValueError, match="agentview"):
+            encode_act_request("e", {"agentview": bad})
 
 
 def test_retry_policy_retries_only_unavailable_with_growing_jittered_waits() -> None:

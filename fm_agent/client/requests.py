@@ -1,0 +1,123 @@
+"""Requests as protobuf messages, or straight as wire bytes.
+
+The wire bytes are what the client sends on the hot path: ``encode_act_request`` writes each RAW frame
+from its numpy buffer into the serialized ``ActRequest`` in one copy. Building the message first costs
+three (``tobytes``, the copy into the message, ``SerializeToString``): about 0.13 ms per step for two
+224x224 frames here, a tenth of the transport budget. The bytes are the same protobuf message (a test
+parses them back), so the server and every other client see nothing different.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..v1 import policy_pb2 as pb
+
+
+def _checked_raw(camera: str, image: Any) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality: int = 95) -> pb.Image:
+    """An (H, W, 3) uint8 array as an Image message (``raw``, ``png`` or ``jpeg``)."""
+    image = _checked_raw(camera, image)
+    h, w = image.shape[:2]
+    if encoding == "raw":
+        return pb.Image(camera=camera, encoding=pb.Image.RAW, data=image.tobytes(),
+                        height=h, width=w, channels=3, dtype="uint8")
+    from PIL import Image as PILImage  # only needed for compressed images
+
+    buffer = io.BytesIO()
+    kind = {"png": ("PNG", pb.Image.PNG), "jpeg": ("JPEG", pb.Image.JPEG)}.get(encoding)
+    if kind is None:
+        raise ValueError(f"encoding must be raw, png or jpeg, got {encoding!r}")
+    PILImage.fromarray(image).save(buffer, format=kind[0], **({"quality": quality} if kind[0] == "JPEG" else {}))
+    return pb.Image(camera=camera, encoding=kind[1], data=buffer.getvalue(), height=h, width=w, channels=3,
+                    dtype="uint8")
+
+
+def mask_options(mask: str = "", merge: bool = False, decode_mode: str = "", merge_op: str = "",
+                 merge_kernel: int = 0, merge_slots: int = 0) -> pb.MaskOptions:
+    return pb.MaskOptions(mask=mask, merge=merge, decode_mode=decode_mode, merge_op=merge_op,
+                          merge_kernel=merge_kernel, merge_slots=merge_slots)
+
+
+def start_request(instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "", seed: int = 0,
+                  temperature: float | None = None, **merge_options: Any) -> pb.StartEpisodeRequest:
+    request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
+                                     mask=mask_options(mask, merge, decode_mode, **merge_options))
+    if temperature is not None:
+        request.temperature = temperature
+    return request
+
+
+def act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
+                encoding: str = "raw") -> pb.ActRequest:
+    """Builds the request in place: handing finished Image messages to a parent message copies every
+    image again (upb copies sub-messages), which cost ~0.3 ms per step for two 224x224 frames."""
+    request = pb.ActRequest(episode_id=episode_id)
+    observation = request.observation
+    for camera, image in images.items():
+        if encoding == "raw":
+            image = _checked_raw(camera, image)
+            observation.images.add(camera=camera, encoding=pb.Image.RAW, height=image.shape[0],
+                                   width=image.shape[1], channels=3, dtype="uint8").data = image.tobytes()
+        else:
+            observation.images.append(encode_image(camera, image, encoding))
+    observation.client_time = time.time()
+    if proprio is not None:
+        observation.proprio.extend(np.asarray(proprio, dtype=np.float32).reshape(-1).tolist())
+    return request
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited_key(message: Any, field: str) -> bytes:
+    """The key of a length-delimited field (wire type 2), its number read from the schema."""
+    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+_OBSERVATION_KEY = _length_delimited_key(pb.ActRequest, "observation")
+_IMAGES_KEY = _length_delimited_key(pb.Observation, "images")
+_DATA_KEY = _length_delimited_key(pb.Image, "data")
+
+
+def encode_act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
+                       encoding: str = "raw") -> bytes:
+    """``act_request(...).SerializeToString()``, with RAW frames copied once, from their arrays.
+
+    Protobuf's own serializer writes every part except the frame data; each frame goes in as a
+    ``data`` field appended to its Image (a parser takes fields in any order), and the nested
+    messages get their lengths here."""
+    if encoding != "raw":
+        return act_request(episode_id, images, proprio, encoding).SerializeToString()
+    pieces: list[Any] = []
+    for camera, image in images.items():
+        image = _checked_raw(camera, image)
+        fields = pb.Image(camera=camera, encoding=pb.Image.RAW, height=image.shape[0], width=image.shape[1],
+                          channels=3, dtype="uint8").SerializeToString()
+        data = memoryview(image).cast("B")
+        data_length = _varint(data.nbytes)
+        image_length = len(fields) + len(_DATA_KEY) + len(data_length) + data.nbytes
+        pieces += [_IMAGES_KEY, _varint(image_length), fields, _DATA_KEY, data_length, data]
+    rest = pb.Observation(client_time=time.time())
+    if proprio is not None:
+        rest.proprio.extend(np.asarray(proprio, dtype=np.float32).reshape(-1).tolist())
+    pieces.append(rest.SerializeToString())
+    observation_length = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
+    return b"".join([pb.ActRequest(episode_id=episode_id).SerializeToString(), _OBSERVATION_KEY,
+                     _varint(observation_length), *pieces])
