@@ -36,6 +36,7 @@ def _prebuilt(channel: Any, kind: str, method: str) -> Any:
     return getattr(channel, kind)(_SERVICE_PATH + method, request_serializer=None,
                                   response_deserializer=pb.ActResponse.FromString, _registered_method=True)
 
+
 __all__ = ["ActResult", "ActStream", "AsyncPolicyClient", "PolicyClient", "RetryPolicy", "act_request",
            "encode_act_request", "encode_image", "mask_options", "pb", "start_request"]
 

@@ -26,13 +26,24 @@ def _checked_raw(camera: str, image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _raw_header(camera: str, image: np.ndarray) -> dict[str, Any]:
+    """Every field of a RAW Image but its data: the message and the byte encoders must agree on them."""
+    return {"camera": camera, "encoding": pb.Image.RAW, "height": image.shape[0], "width": image.shape[1],
+            "channels": 3, "dtype": "uint8"}
+
+
+def _stamp(observation: pb.Observation, proprio: Sequence[float] | None) -> None:
+    """The fields of an Observation besides its images."""
+    observation.client_time = time.time()
+    if proprio is not None:
+        observation.proprio.extend(np.asarray(proprio, dtype=np.float32).reshape(-1).tolist())
+
+
 def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality: int = 95) -> pb.Image:
     """An (H, W, 3) uint8 array as an Image message (``raw``, ``png`` or ``jpeg``)."""
     image = _checked_raw(camera, image)
-    h, w = image.shape[:2]
     if encoding == "raw":
-        return pb.Image(camera=camera, encoding=pb.Image.RAW, data=image.tobytes(),
-                        height=h, width=w, channels=3, dtype="uint8")
+        return pb.Image(data=image.tobytes(), **_raw_header(camera, image))
     from PIL import Image as PILImage  # only needed for compressed images
 
     buffer = io.BytesIO()
@@ -40,8 +51,8 @@ def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality:
     if kind is None:
         raise ValueError(f"encoding must be raw, png or jpeg, got {encoding!r}")
     PILImage.fromarray(image).save(buffer, format=kind[0], **({"quality": quality} if kind[0] == "JPEG" else {}))
-    return pb.Image(camera=camera, encoding=kind[1], data=buffer.getvalue(), height=h, width=w, channels=3,
-                    dtype="uint8")
+    return pb.Image(camera=camera, encoding=kind[1], data=buffer.getvalue(), height=image.shape[0],
+                    width=image.shape[1], channels=3, dtype="uint8")
 
 
 def mask_options(mask: str = "", merge: bool = False, decode_mode: str = "", merge_op: str = "",
@@ -68,13 +79,10 @@ def act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequ
     for camera, image in images.items():
         if encoding == "raw":
             image = _checked_raw(camera, image)
-            observation.images.add(camera=camera, encoding=pb.Image.RAW, height=image.shape[0],
-                                   width=image.shape[1], channels=3, dtype="uint8").data = image.tobytes()
+            observation.images.add(**_raw_header(camera, image)).data = image.tobytes()
         else:
             observation.images.append(encode_image(camera, image, encoding))
-    observation.client_time = time.time()
-    if proprio is not None:
-        observation.proprio.extend(np.asarray(proprio, dtype=np.float32).reshape(-1).tolist())
+    _stamp(observation, proprio)
     return request
 
 
@@ -109,15 +117,13 @@ def encode_act_request(episode_id: str, images: Mapping[str, np.ndarray], propri
     pieces: list[Any] = []
     for camera, image in images.items():
         image = _checked_raw(camera, image)
-        fields = pb.Image(camera=camera, encoding=pb.Image.RAW, height=image.shape[0], width=image.shape[1],
-                          channels=3, dtype="uint8").SerializeToString()
+        fields = pb.Image(**_raw_header(camera, image)).SerializeToString()
         data = memoryview(image).cast("B")
         data_length = _varint(data.nbytes)
         image_length = len(fields) + len(_DATA_KEY) + len(data_length) + data.nbytes
         pieces += [_IMAGES_KEY, _varint(image_length), fields, _DATA_KEY, data_length, data]
-    rest = pb.Observation(client_time=time.time())
-    if proprio is not None:
-        rest.proprio.extend(np.asarray(proprio, dtype=np.float32).reshape(-1).tolist())
+    rest = pb.Observation()
+    _stamp(rest, proprio)
     pieces.append(rest.SerializeToString())
     observation_length = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
     return b"".join([pb.ActRequest(episode_id=episode_id).SerializeToString(), _OBSERVATION_KEY,
