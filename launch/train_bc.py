@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--prompt-order", choices=["frames_first", "instruction_first"], default="frames_first",
+                        help="where the instruction goes: after the frames (LLaVA's order; the future-aware masks "
+                        "let image tokens see it) or before them (image tokens see it under the causal mask too)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -94,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         config = VLAConfig(
             env_family=args.preset, cameras=cameras, image_size=args.image_size or preset["image_size"],
             history=args.history or preset["history"], action_tokenizer=action_tokenizer.to_dict(),
+            prompt_order=args.prompt_order,
             proprio_dim=proprio_dim, proprio_low=proprio_low, proprio_high=proprio_high,
             backbone=BackboneShape(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
                                    intermediate=int(args.hidden * 8 / 3) // 16 * 16, patch_size=preset["patch"]),

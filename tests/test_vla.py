@@ -143,6 +143,36 @@ def test_save_load_gives_identical_outputs(tmp_path) -> None:
     assert (tmp_path / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("order", ["frames_first", "instruction_first"])
+def test_prompt_order_decides_whether_causal_image_tokens_see_the_instruction(order: str, tmp_path) -> None:
+    """Under the causal mask the image tokens' hidden states depend on the instruction only when it
+    comes first; the order survives save/load."""
+    config = VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=2,
+                       action_tokenizer=ActionTokenizer.discrete(7).to_dict(), backbone=TINY, prompt_order=order)
+    policy = VLAPolicy.create(config, INSTRUCTIONS, seed=0)
+    policy.save_pretrained(tmp_path)
+    policy = VLAPolicy.from_pretrained(tmp_path)
+    assert policy.config.prompt_order == order
+    shown = frames(["image"])
+    states = []
+    for instruction in ("go to the red ball", "open a door"):
+        inputs = policy.encode([Observation(shown, instruction)])
+        visual = inputs["input_ids"][0] == policy.image_token_id
+        ids = inputs["input_ids"][0].tolist()
+        first_image, instruction_at = ids.index(policy.image_token_id), ids.index(policy._ids["<instruction>"])
+        assert (instruction_at < first_image) == (order == "instruction_first")
+        with torch.no_grad():
+            hidden = policy.model(**inputs, output_hidden_states=True).hidden_states[-1][0]
+        states.append(hidden[visual])
+    assert torch.equal(states[0], states[1]) == (order == "frames_first")
+
+
+def test_unknown_prompt_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="prompt_order"):
+        VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=2,
+                  action_tokenizer=ActionTokenizer.discrete(7).to_dict(), prompt_order="images_last")
+
+
 def test_bad_inputs_get_clear_errors() -> None:
     policy = libero_like()
     good = frames(["agentview", "wrist"])

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 POLICY_FILE = "fm_agent_policy.json"
+PROMPT_ORDERS = ("frames_first", "instruction_first")
 
 
 @dataclass
@@ -28,10 +29,14 @@ class BackboneShape:
 class VLAConfig:
     """Prompt and action conventions of one policy.
 
-    Prompt (ids): ``<bos>``, then for each of the last ``history`` steps, oldest first,
-    ``<frame>`` followed by each camera's image placeholders (``(image_size / patch_size)^2`` each),
-    then ``<instruction>`` + instruction words, then ``<proprio>`` + one bin token per proprio
-    dimension (if any), then ``<action>``; the model continues with the action tokens.
+    Prompt (ids), ``prompt_order = "frames_first"`` (LLaVA's order, the default): ``<bos>``, then for
+    each of the last ``history`` steps, oldest first, ``<frame>`` followed by each camera's image
+    placeholders (``(image_size / patch_size)^2`` each), then ``<instruction>`` + instruction words,
+    then ``<proprio>`` + one bin token per proprio dimension (if any), then ``<action>``; the model
+    continues with the action tokens. ``"instruction_first"`` moves ``<instruction>`` + words to just
+    after ``<bos>`` (Octo's order): under the causal mask every image token then already sees the
+    instruction, which is what the future-aware masks grant a frames-first prompt, so on such a
+    checkpoint ``Mv2t`` has only the trailing prompt tokens left to add.
     At the start of an episode the oldest available frame is repeated to fill the history.
     """
 
@@ -46,8 +51,13 @@ class VLAConfig:
     proprio_high: list[float] = field(default_factory=list)
     backbone: BackboneShape = field(default_factory=BackboneShape)
     default_mask: str = "causal"
+    prompt_order: str = "frames_first"  # or "instruction_first"; checkpoints without the field are frames-first
     temperature: float = 0.0  # action sampling temperature used when a caller does not choose one (0 = greedy)
     training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prompt_order not in PROMPT_ORDERS:
+            raise ValueError(f"prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
 
     def save(self, folder: Path) -> None:
         (Path(folder) / POLICY_FILE).write_text(json.dumps(asdict(self), indent=2))

@@ -117,12 +117,12 @@ class VLAPolicy:
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
         if not instruction or not instruction.strip():
             raise ValueError("the instruction is empty")
-        ids = [self._ids[BOS]]
-        for _ in range(self.config.history):
-            ids.append(self._ids[FRAME])
-            ids += [self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))
-        ids.append(self._ids[INSTRUCTION])
-        ids += self.tokenizer.convert_tokens_to_ids(words(instruction))
+        text = [self._ids[INSTRUCTION], *self.tokenizer.convert_tokens_to_ids(words(instruction))]
+        images = [self._ids[FRAME], *[self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))]
+        instruction_first = self.config.prompt_order == "instruction_first"
+        ids = [self._ids[BOS]] + (text if instruction_first else [])
+        ids += images * self.config.history
+        ids += [] if instruction_first else text
         if self.config.proprio_dim:
             ids.append(self._ids[PROPRIO])
             ids += (self._proprio_bins(proprio) + self._proprio_base).tolist()
