@@ -41,6 +41,21 @@ class MissionInfo:
         return cls(bool(LOCATION_PHRASE.search(mission)), max(1, len(SUBGOAL_VERB.findall(mission))), sequence)
 
 
+def doors_needed_next(instrs) -> list:
+    """The door(s) a door-opening mission (BabyAI's ``OpenInstr``, or two of them joined by "then" /
+    "after you") needs opened next: the first sub-goal's until it is done, then the second's."""
+    from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, OpenInstr
+
+    if isinstance(instrs, OpenInstr):
+        return list(instrs.desc.obj_set)
+    if isinstance(instrs, (BeforeInstr, AfterInstr)):
+        before = isinstance(instrs, BeforeInstr)
+        first, second = (instrs.instr_a, instrs.instr_b) if before else (instrs.instr_b, instrs.instr_a)
+        done = (instrs.a_done if before else instrs.b_done) == "success"
+        return doors_needed_next(second if done else first)
+    raise ValueError(f"not a door-opening mission: {type(instrs).__name__} (use an Open* level)")
+
+
 class BabyAIEnv(gym.Env):
     """One BabyAI level. Observations: ``image`` (egocentric partial RGB view, ``image_size`` square),
     ``direction`` (0-3), ``instruction``. Actions: Discrete(7), minigrid's action ids.

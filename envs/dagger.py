@@ -44,15 +44,16 @@ def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max
 
 
 def collect(env_name: str, policy, out: Path, episodes: int, base_seed: int, temperature: float, beta: float,
-            max_steps: int, progress: Any = None) -> dict[str, float]:
-    """Runs and writes ``episodes`` DAgger episodes (existing files are skipped: resumable)."""
+            max_steps: int, progress: Any = None, expert_options: dict | None = None) -> dict[str, float]:
+    """Runs and writes ``episodes`` DAgger episodes (existing files are skipped: resumable);
+    ``expert_options`` configure the labeller (e.g. ``keep_opened_doors`` for BabyAI's bot)."""
     from fm_agent.attention import FutureMaskSpec
     from fm_agent.evaluation.rollout import InProcessActor
 
     from .registry import make_env, make_expert
 
     env = make_env(env_name)
-    expert = make_expert(env)
+    expert = make_expert(env, **(expert_options or {}))
     actor = InProcessActor(policy, FutureMaskSpec.parse(policy.config.default_mask), temperature)
     wins = done = skipped = 0
     recent: deque = deque(maxlen=200)

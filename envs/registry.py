@@ -57,15 +57,15 @@ def make_env(name: str, **kwargs: Any):
     return BabyAIEnv(parsed.suite, **kwargs)
 
 
-def make_expert(env):
-    """The scripted expert for an environment built by :func:`make_env`."""
+def make_expert(env, **options):
+    """The scripted expert for an environment built by :func:`make_env`; ``options`` go to its class."""
     from .babyai_env import BabyAIEnv
     from .libero_env import LiberoEnv
 
     if isinstance(env, BabyAIEnv):
         from .experts.babyai_expert import BabyAIExpert
 
-        return BabyAIExpert(env)
+        return BabyAIExpert(env, **options)
     if isinstance(env, LiberoEnv):
         from .experts.libero_expert import LiberoExpert
 

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, help="learner sampling temperature (default: the checkpoint's)")
     parser.add_argument("--beta", type=float, default=0.0, help="probability that a step executes the bot's label")
     parser.add_argument("--max-steps", type=int, default=64, help="cap per episode (loops repeat the same states)")
+    parser.add_argument("--keep-opened-doors", action="store_true",
+                        help="the bot does not close a door the learner opened by mistake (it would teach the "
+                        "learner to close doors; harmless to leave open on non-strict levels such as OpenDoorsOrder)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the checkpoint records no BabyAI environment; pass --env babyai:<level>")
     with tqdm(total=args.episodes, desc="dagger", unit="ep") as bar:
         stats = collect(env, policy, args.out, args.episodes, args.seed, args.temperature, args.beta,
-                        args.max_steps, bar)
+                        args.max_steps, bar, {"keep_opened_doors": True} if args.keep_opened_doors else None)
     print(json.dumps({"env": env, **stats}))
     return 0
 

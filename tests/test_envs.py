@@ -15,7 +15,7 @@ from gymnasium.utils.env_checker import check_env
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from envs import EnvNameError, make_env, make_expert, parse_env_name  # noqa: E402
-from envs.babyai_env import MissionInfo  # noqa: E402
+from envs.babyai_env import MissionInfo, doors_needed_next  # noqa: E402
 from envs.libero_env import LiberoError, suite_max_steps  # noqa: E402
 from envs.recording import RecordSettings, read_episode, record  # noqa: E402
 
@@ -53,6 +53,30 @@ def test_babyai_bot_succeeds(level: str) -> None:
     expert = make_expert(env)
     results = [run_expert(env, expert, seed=seed)["success"] for seed in range(5)]
     assert all(results), results
+
+
+@pytest.mark.parametrize("keep_opened_doors", [False, True])
+def test_babyai_bot_closes_a_wrongly_opened_door_unless_told_to_keep_it(keep_opened_doors: bool) -> None:
+    """A learner (DAgger) opens a door the mission does not need: the stock bot's next label closes it
+    (toggle); with ``keep_opened_doors`` it replans and heads on."""
+    env = make_env("babyai:BabyAI-OpenDoorsOrderN4-v0", image_size=28)
+    obs, _ = env.reset(seed=1)
+    world = env.unwrapped_env
+    needed = {id(door) for door in doors_needed_next(world.instrs)}
+    door = next(c for c in world.grid.grid if c is not None and c.type == "door" and id(c) not in needed)
+    directions = [(1, 0), (0, 1), (-1, 0), (0, -1)]  # minigrid's agent_dir 0..3
+    for direction, (dx, dy) in enumerate(directions):  # stand on the room side of the door, facing it
+        spot = (door.cur_pos[0] - dx, door.cur_pos[1] - dy)
+        if world.grid.get(*spot) is None and world.room_from_pos(*spot) is world.get_room(1, 1):
+            break
+    world.agent_pos, world.agent_dir = np.array(spot), direction
+    expert = make_expert(env, keep_opened_doors=keep_opened_doors)
+    expert.reset()
+    expert.act(obs)
+    obs, *_ = env.step(world.actions.toggle)  # the learner opens the wrong door
+    assert door.is_open
+    label = expert.act(obs, world.actions.toggle)
+    assert (label == world.actions.toggle) == (not keep_opened_doors)
 
 
 def test_babyai_generation_noise_stays_out_of_stdout(capfd) -> None:
