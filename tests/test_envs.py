@@ -64,8 +64,9 @@ def test_babyai_bot_closes_a_wrongly_opened_door_unless_told_to_keep_it(keep_ope
     world = env.unwrapped_env
     needed = {id(door) for door in doors_needed_next(world.instrs)}
     door = next(c for c in world.grid.grid if c is not None and c.type == "door" and id(c) not in needed)
-    directions = [(1, 0), (0, 1), (-1, 0), (0, -1)]  # minigrid's agent_dir 0..3
-    for direction, (dx, dy) in enumerate(directions):  # stand on the room side of the door, facing it
+    from minigrid.core.constants import DIR_TO_VEC
+
+    for direction, (dx, dy) in enumerate(DIR_TO_VEC):  # stand on the room side of the door, facing it
         spot = (door.cur_pos[0] - dx, door.cur_pos[1] - dy)
         if world.grid.get(*spot) is None and world.room_from_pos(*spot) is world.get_room(1, 1):
             break

@@ -26,9 +26,9 @@ def _checked_raw(camera: str, image: Any) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _raw_header(camera: str, image: np.ndarray) -> dict[str, Any]:
-    """Every field of a RAW Image but its data: the message and the byte encoders must agree on them."""
-    return {"camera": camera, "encoding": pb.Image.RAW, "height": image.shape[0], "width": image.shape[1],
+def _image_header(camera: str, image: np.ndarray, encoding: int = pb.Image.RAW) -> dict[str, Any]:
+    """Every field of an Image but its data: the message and the byte encoders must agree on them."""
+    return {"camera": camera, "encoding": encoding, "height": image.shape[0], "width": image.shape[1],
             "channels": 3, "dtype": "uint8"}
 
 
@@ -43,7 +43,7 @@ def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality:
     """An (H, W, 3) uint8 array as an Image message (``raw``, ``png`` or ``jpeg``)."""
     image = _checked_raw(camera, image)
     if encoding == "raw":
-        return pb.Image(data=image.tobytes(), **_raw_header(camera, image))
+        return pb.Image(data=image.tobytes(), **_image_header(camera, image))
     from PIL import Image as PILImage  # only needed for compressed images
 
     buffer = io.BytesIO()
@@ -51,8 +51,7 @@ def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality:
     if kind is None:
         raise ValueError(f"encoding must be raw, png or jpeg, got {encoding!r}")
     PILImage.fromarray(image).save(buffer, format=kind[0], **({"quality": quality} if kind[0] == "JPEG" else {}))
-    return pb.Image(camera=camera, encoding=kind[1], data=buffer.getvalue(), height=image.shape[0],
-                    width=image.shape[1], channels=3, dtype="uint8")
+    return pb.Image(data=buffer.getvalue(), **_image_header(camera, image, kind[1]))
 
 
 def mask_options(mask: str = "", merge: bool = False, decode_mode: str = "", merge_op: str = "",
@@ -79,7 +78,7 @@ def act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequ
     for camera, image in images.items():
         if encoding == "raw":
             image = _checked_raw(camera, image)
-            observation.images.add(**_raw_header(camera, image)).data = image.tobytes()
+            observation.images.add(**_image_header(camera, image)).data = image.tobytes()
         else:
             observation.images.append(encode_image(camera, image, encoding))
     _stamp(observation, proprio)
@@ -117,7 +116,7 @@ def encode_act_request(episode_id: str, images: Mapping[str, np.ndarray], propri
     pieces: list[Any] = []
     for camera, image in images.items():
         image = _checked_raw(camera, image)
-        fields = pb.Image(**_raw_header(camera, image)).SerializeToString()
+        fields = pb.Image(**_image_header(camera, image)).SerializeToString()
         data = memoryview(image).cast("B")
         data_length = _varint(data.nbytes)
         image_length = len(fields) + len(_DATA_KEY) + len(data_length) + data.nbytes

@@ -118,11 +118,9 @@ class VLAPolicy:
         if not instruction or not instruction.strip():
             raise ValueError("the instruction is empty")
         text = [self._ids[INSTRUCTION], *self.tokenizer.convert_tokens_to_ids(words(instruction))]
-        images = [self._ids[FRAME], *[self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))]
-        instruction_first = self.config.prompt_order == "instruction_first"
-        ids = [self._ids[BOS]] + (text if instruction_first else [])
-        ids += images * self.config.history
-        ids += [] if instruction_first else text
+        frame = [self._ids[FRAME], *[self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))]
+        frames = frame * self.config.history
+        ids = [self._ids[BOS], *(text + frames if self.config.prompt_order == "instruction_first" else frames + text)]
         if self.config.proprio_dim:
             ids.append(self._ids[PROPRIO])
             ids += (self._proprio_bins(proprio) + self._proprio_base).tolist()
