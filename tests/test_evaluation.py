@@ -8,14 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "launch"))
 
-from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy  # noqa: E402
+from fm_agent.model import ActionTokenizer, VLAConfig, VLAPolicy  # noqa: E402
 from serving_helpers import TINY, tiny_checkpoint  # noqa: E402
 
 
@@ -93,3 +92,43 @@ def test_a_killed_server_is_restarted_and_the_episode_retried(babyai_checkpoint,
         assert rows[0]["error"] and not rows[0]["success"], "recorded as an error, not a policy failure"
     finally:
         server.stop()
+
+
+def test_summary_reports_how_long_successful_episodes_took() -> None:
+    from fm_agent.evaluation.rollout import EpisodeResult, summarise
+
+    results = [EpisodeResult("e", i, i, success, steps) for i, (success, steps) in
+               enumerate([(True, 10), (True, 30), (False, 150), (True, 20)])]
+    overall = summarise(results)["overall"]
+    assert overall["successes"] == 3
+    assert overall["steps_to_success"]["p50"] == 20 and overall["steps_to_success"]["mean"] == 20
+    assert summarise(results[2:3])["overall"]["steps_to_success"] == {}
+    within = summarise(results, within=(10, 25, 150))["overall"]["successes_within"]
+    assert within == {"10": 1, "25": 2, "150": 3}  # the failed 150-step episode never counts
+
+
+def test_random_baseline_replays_with_its_seed_and_runs_from_the_cli(tmp_path) -> None:
+    from envs import make_env
+    from fm_agent.evaluation.rollout import RandomActor, run_episode
+
+    env = make_env("babyai:BabyAI-OpenDoorsOrderN4-v0", image_size=16)
+
+    def actions(seed: int) -> list[int]:
+        actor = RandomActor(env.action_space)
+        actor.start_episode("", seed)
+        return [int(actor.act({})[0][0]) for _ in range(30)]
+
+    try:
+        assert actions(5) == actions(5) != actions(6)
+        assert set(actions(5)) <= set(range(7))
+        assert run_episode(env, RandomActor(env.action_space), "e", 0, 5, max_steps=30).steps <= 30
+    finally:
+        env.close()
+    import eval_policy
+
+    assert eval_policy.main(["--random-baseline", "--env", "babyai:BabyAI-OpenDoorsOrderN4-v0", "--episodes", "2",
+                             "--max-steps", "20", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["masks"]["random"]["overall"]["episodes"] == 2
+    with pytest.raises(SystemExit):
+        eval_policy.main(["--env", "babyai:BabyAI-OpenDoorsOrderN4-v0"])  # neither a checkpoint nor the baseline

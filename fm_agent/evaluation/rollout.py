@@ -55,6 +55,23 @@ class InProcessActor:
         self.frames.clear()
 
 
+class RandomActor:
+    """Uniformly random actions from the environment's action space: the floor a success rate is read
+    against. A generous step budget lets even aimless behaviour finish some levels."""
+
+    def __init__(self, action_space) -> None:
+        self.action_space = action_space
+
+    def start_episode(self, instruction: str, seed: int = 0) -> None:
+        self.action_space.seed(seed)
+
+    def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+        return np.asarray([self.action_space.sample()]), {}
+
+    def end_episode(self) -> None:
+        pass
+
+
 @dataclass
 class EpisodeResult:
     env: str
@@ -122,12 +139,23 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
             "p95": float(np.percentile(array, 95)), "p99": float(np.percentile(array, 99))}
 
 
-def summarise(results: Sequence[EpisodeResult], split_keys: Sequence[str] = ()) -> dict[str, Any]:
-    """Success (with a 95% interval) overall, per environment and per metadata value; latency percentiles."""
+def summarise(results: Sequence[EpisodeResult], split_keys: Sequence[str] = (),
+              within: Sequence[int] = ()) -> dict[str, Any]:
+    """Success (with a 95% interval) overall, per environment and per metadata value; latency percentiles.
+
+    ``within``: step budgets under which successes are also counted, read off the same episodes (an
+    episode that succeeded by step n would have succeeded under a cap of n), so one run under the
+    level's own budget also answers for tighter ones.
+    """
     def block(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
         wins = sum(r.success for r in rs)
         low, high = wilson_interval(wins, len(rs))
-        return {"episodes": len(rs), "successes": wins, "success_rate": wins / max(1, len(rs)), "ci95": [low, high]}
+        # A success rate alone hides how long a policy wanders before it gets there: with a generous
+        # step budget a dithering policy and an efficient one can score alike.
+        return {"episodes": len(rs), "successes": wins, "success_rate": wins / max(1, len(rs)), "ci95": [low, high],
+                "steps_to_success": percentiles([r.steps for r in rs if r.success]),
+                **({"successes_within": {str(n): sum(r.success and r.steps <= n for r in rs) for n in within}}
+                   if within else {})}
 
     ok = [r for r in results if r.error is None]
     summary = {"overall": block(ok), "errors": len(results) - len(ok),
@@ -140,3 +168,8 @@ def summarise(results: Sequence[EpisodeResult], split_keys: Sequence[str] = ()) 
     for key in sorted({k for r in ok for k in r.server_ms}):
         summary["latency_ms"][key] = percentiles([x for r in ok for x in r.server_ms.get(key, [])])
     return summary
+
+
+def format_within(block: dict[str, Any]) -> str:
+    """The ``successes_within`` counts of a summary block as text for a one-line report."""
+    return "".join(f"  within {n} steps {k}" for n, k in block.get("successes_within", {}).items())
