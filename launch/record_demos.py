@@ -11,7 +11,6 @@ Re-running the same command resumes: finished episodes (see manifest.jsonl) are 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path

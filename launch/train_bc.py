@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
                         "(0 = greedy; default: 0, or the --init policy's)")
     args = parser.parse_args(argv)
 
-    import torch
     from tqdm import tqdm
 
     from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy

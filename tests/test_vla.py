@@ -217,7 +217,7 @@ def test_training_lowers_the_loss(mask: str, tmp_path) -> None:
 def test_training_never_shows_targets_to_images() -> None:
     """With Mf the images may see the prompt's future but not the appended targets: changing a target
     token must not change the logits at any prompt position."""
-    policy, episodes = libero_like(chunk=2), None
+    policy = libero_like(chunk=2)
     obs_frames = frames(["agentview", "wrist"])
     from fm_agent.model.data import EpisodeArrays as E
 
