@@ -244,13 +244,18 @@ def summarise_manifest(out: Path) -> dict[str, Any]:
 
 
 def record(env_names: list[str], episodes: int, settings: RecordSettings, workers: int = 1, chunk: int = 5,
-           progress: Callable[[Iterable, int], Iterable] | None = None) -> dict[str, Any]:
-    """Record ``episodes`` expert episodes per environment, resuming what ``settings.out`` already holds."""
+           progress: Callable[[Iterable, int], Iterable] | None = None,
+           indices: Iterable[int] | None = None) -> dict[str, Any]:
+    """Record ``episodes`` expert episodes per environment, resuming what ``settings.out`` already holds.
+
+    ``indices`` replaces ``range(episodes)``: for LIBERO, episode ``i`` starts from official initial
+    state ``i % 50``, so listing indices keeps held-out evaluation states out of the training data."""
     settings.out.mkdir(parents=True, exist_ok=True)
     done = finished_episodes(settings.out)
+    wanted = sorted(set(indices)) if indices is not None else list(range(episodes))
     jobs = []
     for name in env_names:
-        todo = [i for i in range(episodes) if (name, i) not in done]
+        todo = [i for i in wanted if (name, i) not in done]
         jobs += [(name, todo[s:s + chunk], settings) for s in range(0, len(todo), chunk)]
     total = sum(len(j[1]) for j in jobs)
     manifest = (settings.out / "manifest.jsonl").open("a")

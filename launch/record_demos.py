@@ -5,6 +5,7 @@ Examples:
   python launch/record_demos.py --envs babyai:BabyAI-GoToSeqS5R2-v0 --episodes 5000 --out data/demos/babyai
   python launch/record_demos.py --suite libero_spatial --episodes 50 --workers 2 --out data/demos/libero_spatial
   python launch/record_demos.py --suite libero_object --episodes 10 --no-save --render none --out runs/experts
+  python launch/record_demos.py --suite libero_spatial --init-states 0-9 15-49 --workers 2 --out data/demos/ls
 Re-running the same command resumes: finished episodes (see manifest.jsonl) are skipped.
 """
 
@@ -20,6 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from envs.recording import RecordSettings, record  # noqa: E402
 
 
+def parse_index_ranges(items: list[str], upper: int) -> list[int]:
+    """``["0-9", "15", "20-22"]`` -> [0, ..., 9, 15, 20, 21, 22], each in ``0..upper-1``."""
+    indices: set[int] = set()
+    for item in items:
+        low, _, high = item.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{item!r} is not an index or a range A-B")
+        first, last = int(low), int(high or low)
+        if first > last or last >= upper:
+            raise ValueError(f"{item!r} is outside 0-{upper - 1} or reversed")
+        indices.update(range(first, last + 1))
+    return sorted(indices)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -27,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--suite", help="every task of a LIBERO suite, e.g. libero_spatial")
     parser.add_argument("--tasks", type=int, nargs="+", help="with --suite: only these task indices")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per environment (LIBERO cycles its 50 initial states)")
+    parser.add_argument("--init-states", nargs="+", metavar="I or A-B",
+                        help="LIBERO: record these official initial states (e.g. 0-9 15-49) instead of the first "
+                             "--episodes; keeps held-out evaluation states out of the data")
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--chunk", type=int, default=5, help="episodes per worker job (one env build per job)")
@@ -39,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     names = args.envs
+    indices = None
+    if args.init_states:
+        if args.envs and not all(name.startswith("libero:") for name in args.envs):
+            parser.error("--init-states applies to LIBERO environments only")
+        try:
+            indices = parse_index_ranges(args.init_states, upper=50)
+        except ValueError as error:
+            parser.error(f"--init-states: {error}")
     if args.suite:
         from envs.libero_env import list_suites
 
@@ -51,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     summary = record(names, args.episodes, settings, workers=args.workers, chunk=args.chunk,
-                     progress=lambda it, total: tqdm(total=total, desc="episodes", unit="ep"))
+                     progress=lambda it, total: tqdm(total=total, desc="episodes", unit="ep"), indices=indices)
     for name, stats in summary["environments"].items():
         print(f"{name:48s} {stats['successes']:4d}/{stats['episodes']:<4d} {100 * stats['success_rate']:5.1f}%"
               + (f"  ({stats['errors']} errors)" if stats["errors"] else ""))

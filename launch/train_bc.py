@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--history", type=int, help="frames per camera in the prompt (K)")
     parser.add_argument("--chunk", type=int, help="actions predicted per call")
+    parser.add_argument("--history-stride", type=int, help="steps between the history frames of a training "
+                        "sample (default: the chunk, as a client executing whole chunks calls once per chunk)")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--bins", type=int, default=256, help="bins per continuous action dimension")
     parser.add_argument("--hidden", type=int, default=192)
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         config = VLAConfig(
             env_family=args.preset, cameras=cameras, image_size=args.image_size or preset["image_size"],
             history=args.history or preset["history"], action_tokenizer=action_tokenizer.to_dict(),
+            history_stride=args.history_stride or chunk,
             prompt_order=args.prompt_order,
             proprio_dim=proprio_dim, proprio_low=proprio_low, proprio_high=proprio_high,
             backbone=BackboneShape(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,

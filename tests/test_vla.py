@@ -214,6 +214,26 @@ def test_training_lowers_the_loss(mask: str, tmp_path) -> None:
     assert (tmp_path / "training_state.pt").exists() and len(log.val_loss) == 1
 
 
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_training_histories_match_what_the_server_keeps(chunk: int) -> None:
+    """A client executing each chunk calls once per chunk; the frames the server then holds for a call
+    are the ones a training sample at that step is built from (history_stride = chunk)."""
+    from fm_agent.model.data import history_frames
+    from fm_agent.serving.episodes import EpisodeStore
+
+    policy = babyai_like()
+    steps, history = 23, policy.config.history
+    video = np.arange(steps, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    episode = EpisodeArrays("pick", {"image": video}, None, np.zeros(steps, np.int64), {})
+    live = EpisodeStore(history).start("pick", FutureMaskSpec("causal"), 0, 0.0)
+    for step in range(0, steps, chunk):  # the steps at which the client calls Act
+        served = live.frames_with({"image": video[step]})
+        served = policy._history(served)  # padded as the model pads a young episode
+        trained = history_frames(episode, step, history, stride=chunk)
+        assert [int(f["image"][0, 0, 0]) for f in trained] == [int(f["image"][0, 0, 0]) for f in served]
+        live.history.append({"image": video[step]})
+
+
 def test_training_never_shows_targets_to_images() -> None:
     """With Mf the images may see the prompt's future but not the appended targets: changing a target
     token must not change the logits at any prompt position."""

@@ -38,6 +38,12 @@ class VLAConfig:
     instruction, which is what the future-aware masks grant a frames-first prompt, so on such a
     checkpoint ``Mv2t`` has only the trailing prompt tokens left to add.
     At the start of an episode the oldest available frame is repeated to fill the history.
+
+    ``history_stride`` is how many environment steps apart those frames were taken in training. A
+    client that executes each returned chunk open-loop calls the policy once per chunk, so the frames
+    the server keeps are ``chunk`` steps apart; training on consecutive frames instead would show the
+    model a motion between frames four times smaller than the one it meets when deployed.
+    ``launch/train_bc.py`` sets it to the chunk; checkpoints without the field were trained with 1.
     """
 
     env_family: str  # "babyai" | "libero"
@@ -45,6 +51,7 @@ class VLAConfig:
     image_size: int
     history: int
     action_tokenizer: dict
+    history_stride: int = 1
     proprio_dim: int = 0
     proprio_bins: int = 32
     proprio_low: list[float] = field(default_factory=list)
@@ -56,6 +63,8 @@ class VLAConfig:
     training: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.history_stride < 1:
+            raise ValueError(f"history_stride must be >= 1, got {self.history_stride}")
         if self.prompt_order not in PROMPT_ORDERS:
             raise ValueError(f"prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
 

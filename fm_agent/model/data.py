@@ -47,9 +47,10 @@ def all_samples(episodes: Sequence[EpisodeArrays]) -> list[Sample]:
     return [Sample(i, t) for i, e in enumerate(episodes) for t in range(len(e.actions))]
 
 
-def history_frames(episode: EpisodeArrays, step: int, history: int) -> list[dict[str, np.ndarray]]:
-    """The ``history`` frames ending at ``step``, oldest first (repeating frame 0 at the start)."""
-    steps = [max(0, s) for s in range(step - history + 1, step + 1)]
+def history_frames(episode: EpisodeArrays, step: int, history: int, stride: int = 1) -> list[dict[str, np.ndarray]]:
+    """The ``history`` frames ending at ``step``, ``stride`` steps apart, oldest first (frame 0 repeated
+    before the start, as the server fills a new episode's history)."""
+    steps = [max(0, step - stride * back) for back in range(history - 1, -1, -1)]
     return [{c: frames[s] for c, frames in episode.frames.items()} for s in steps]
 
 

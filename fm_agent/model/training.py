@@ -57,7 +57,7 @@ def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Se
     for s in samples:
         e = episodes[s.episode]
         proprio = e.proprio[s.step] if cfg.proprio_dim else None
-        observations.append(Observation(history_frames(e, s.step, cfg.history), e.instruction, proprio))
+        observations.append(Observation(history_frames(e, s.step, cfg.history, cfg.history_stride), e.instruction, proprio))
         targets.append(actions.encode(action_chunk(e, s.step, actions.chunk)))
     inputs = policy.encode(observations)
     target = torch.tensor(np.stack(targets))
