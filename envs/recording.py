@@ -33,6 +33,7 @@ from .experts import ExpertGaveUp
 
 FORMAT = "fm-agent-episode/1"
 TEXT_KEYS = ("instruction",)
+TRANSLATION_DIMS = 3  # LIBERO's OSC_POSE actions start with the end-effector's xyz motion
 
 
 @dataclass
@@ -105,21 +106,32 @@ def read_episode(path: Path) -> Episode:
 
 
 def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_state: int | None,
-                       max_steps: int | None = None) -> Episode:
-    """Roll the expert out once and keep everything the policy will be trained on."""
+                       max_steps: int | None = None, action_noise: float = 0.0) -> Episode:
+    """Roll the expert out once and keep everything the policy will be trained on.
+
+    ``action_noise`` > 0 (continuous actions only) executes the expert's action plus Gaussian noise of
+    that standard deviation on the translation dimensions while keeping the clean action as the label
+    (DART, Laskey et al. 2017): the data then shows how the expert steers back from the small
+    deviations a cloned policy makes, which clean demonstrations never visit."""
     options = {"init_state": init_state} if init_state is not None else None
     obs, info = env.reset(seed=seed, options=options)
     expert.reset()
+    noise = np.random.default_rng(seed)
 
     def decide(observation) -> tuple[Any, Any]:
         action = expert.act(observation)
-        return action, action
+        if not action_noise:
+            return action, action
+        executed = np.array(action, dtype=np.float32)
+        executed[:TRANSLATION_DIMS] += noise.normal(0.0, action_noise, TRANSLATION_DIMS)
+        return action, np.clip(executed, -1.0, 1.0)
 
     observations, actions, rewards, success, info = labelled_rollout(
         env, obs, info, decide, max_steps or getattr(env, "max_steps", 1000))
+    metadata = {**episode_metadata(info), **({"action_noise": action_noise} if action_noise else {})}
     return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
                    observations=observations, actions=actions, rewards=rewards, success=success,
-                   expert=type(expert).__name__, metadata=episode_metadata(info))
+                   expert=type(expert).__name__, metadata=metadata)
 
 
 METADATA_KEYS = ("has_location_phrase", "num_subgoals", "sequence", "suite", "task_id", "expert_gave_up")
@@ -175,6 +187,7 @@ class RecordSettings:
     image_size: int | None = None
     render: str | None = None
     base_seed: int = 0
+    action_noise: float = 0.0
 
 
 def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) -> list[dict]:
@@ -194,7 +207,8 @@ def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) ->
             seed, init_state = episode_plan(env_name, index, settings.base_seed)
             row = {"env": env_name, "index": index, "seed": seed, "init_state": init_state}
             try:
-                episode = run_expert_episode(env, expert, env_name, index, seed, init_state)
+                episode = run_expert_episode(env, expert, env_name, index, seed, init_state,
+                                             action_noise=settings.action_noise)
             except Exception as error:  # a crashed simulator loses one episode, not the run
                 rows.append({**row, "success": False, "error": f"{type(error).__name__}: {error}", "path": None})
                 continue

@@ -52,11 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true", help="measure expert success only, write no episodes")
     parser.add_argument("--image-size", type=int, help="camera / view size in pixels (default: the env's)")
     parser.add_argument("--render", choices=["full", "none"], help="LIBERO: 'none' skips cameras (expert checks only)")
+    parser.add_argument("--action-noise", type=float, default=0.0, metavar="SIGMA",
+                        help="LIBERO: execute the expert's xyz action plus N(0, SIGMA) noise, keep the clean "
+                             "action as the label (DART: the data shows recoveries from small deviations)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; episode i uses seed + i")
     args = parser.parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     names = args.envs
+    if args.action_noise < 0 or (args.action_noise and args.envs and
+                                 not all(name.startswith("libero:") for name in args.envs)):
+        parser.error("--action-noise must be >= 0 and applies to LIBERO (continuous actions) only")
     indices = None
     if args.init_states:
         if args.envs and not all(name.startswith("libero:") for name in args.envs):
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown suite {args.suite!r}; bundled: {', '.join(sorted(suites))}")
         names = [f"libero:{args.suite}/{t}" for t in (args.tasks or range(suites[args.suite]))]
     settings = RecordSettings(out=args.out, only_success=not args.keep_failures, save=not args.no_save,
-                              image_size=args.image_size, render=args.render, base_seed=args.seed)
+                              image_size=args.image_size, render=args.render, base_seed=args.seed,
+                              action_noise=args.action_noise)
     from tqdm import tqdm
 
     summary = record(names, args.episodes, settings, workers=args.workers, chunk=args.chunk,

@@ -216,6 +216,33 @@ def test_demos_round_trip_and_resume(tmp_path) -> None:
     assert [json.loads(l)["index"] for l in new] == [3]
 
 
+def test_action_noise_executes_noisy_xyz_and_labels_the_clean_action(libero_state_only) -> None:
+    """DART recording: what the simulator executes is the label plus noise on xyz only; the label is
+    what the expert commands from the state it is in, so it steers back towards its waypoint."""
+    from envs.recording import run_expert_episode
+
+    env, executed = libero_state_only, []
+    real_step = env.step
+
+    def spy(action, **kwargs):
+        executed.append(np.array(action))
+        return real_step(action, **kwargs)
+
+    env.step = spy
+    try:
+        noisy = run_expert_episode(env, make_expert(env), "libero:libero_spatial/0", 0, 7, 0, max_steps=30,
+                                   action_noise=0.3)
+        executed_noisy, executed[:] = np.stack(executed), []
+        clean = run_expert_episode(env, make_expert(env), "libero:libero_spatial/0", 0, 7, 0, max_steps=30)
+    finally:
+        del env.step
+    difference = executed_noisy - noisy.actions
+    assert np.all(np.abs(difference[:, :3]).max(axis=0) > 0.05) and np.all(difference[:, 3:] == 0)
+    assert np.array_equal(np.stack(executed), clean.actions)  # without noise, label == executed
+    assert noisy.metadata["action_noise"] == 0.3 and "action_noise" not in clean.metadata
+    assert not np.allclose(noisy.observations["proprio"], clean.observations["proprio"])
+
+
 def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
     """With beta = 1 every step executes the bot's label, so a DAgger episode must replay the bot's own
     demonstration exactly; with beta = 0 the (untrained) learner acts and the bot still labels."""
