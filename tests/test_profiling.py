@@ -36,3 +36,45 @@ def test_masks_command_prints_pattern(capsys) -> None:
     assert main(["masks", "--layout", "T1 V2 T1", "--mask", "Mv2t"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2].endswith("V ##.#") and out[4].endswith("T ####")
+
+
+def test_transport_paths_take_turns_in_rotating_order() -> None:
+    """Every path gets its calls, in turns of ``block``, and no path always follows the same one."""
+    from fm_agent.profiling.transport import summarise_paths, time_paths
+
+    calls: list[str] = []
+
+    def path(name: str, server_ms: float | None):
+        return lambda: calls.append(name) or server_ms
+
+    paths = {"in_process_step": path("in_process_step", None), "a": path("a", 0.0), "b": path("b", 0.0)}
+    timings = time_paths(paths, rounds=5, block=2)
+    timed = calls[9:]  # after 3 warm-up calls per path
+    assert [len(timings[n]["round_trip"]) for n in paths] == [5, 5, 5] and len(timed) == 15
+    assert timings["in_process_step"]["transport"] == [] and len(timings["a"]["transport"]) == 5
+    turns = [timed[i] for i in range(0, 12, 2)]  # the first call of each turn of 2
+    assert turns[:3] == ["in_process_step", "a", "b"] and turns[3:6] == ["a", "b", "in_process_step"]
+    summary = summarise_paths(timings)
+    assert "transport" not in summary["in_process_step"] and summary["a"]["transport"]["n"] == 5
+    assert summary["a"]["round_trip_minus_in_process_p50_ms"] == pytest.approx(
+        summary["a"]["round_trip"]["p50_ms"] - summary["in_process_step"]["round_trip"]["p50_ms"])
+
+
+def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
+    """Real servers on loopback, two calls per path: the report has every path (or says why one was
+    skipped), a table and a plot."""
+    from pathlib import Path
+
+    from fm_agent.profiling.transport import format_report, plot_report, run_transport_benchmark
+
+    report = run_transport_benchmark(Path("checkpoints/libero_spatial"), repeats=2, image_size=32, concurrent=2,
+                                     concurrent_steps=2)
+    for ordering in ("interleaved", "blocks"):
+        paths = report["orderings"][ordering]["paths"]
+        assert {"in_process_step", "grpc", "grpc_no_deadline", "grpc_stream"} <= set(paths)
+        assert set(paths) | set(report["skipped"]) >= {"openpi_msgpack_websocket", "pickle_websocket"}
+        assert all(paths[name]["transport"]["n"] == 2 for name in paths if name != "in_process_step")
+    assert report["throughput"]["ratio"] > 0
+    assert "gRPC StreamAct" in format_report(report)
+    plot_report(report, tmp_path / "transport.png")
+    assert (tmp_path / "transport.png").stat().st_size > 10_000

@@ -126,9 +126,10 @@ def _bearer(token: str | None) -> list[tuple[str, str]] | None:
 
 
 class PolicyClient:
-    """Synchronous client. ``timeout`` is each call's deadline in seconds."""
+    """Synchronous client. ``timeout`` is each call's deadline in seconds (None: calls carry no deadline,
+    which saves the deadline timers' 0.1-0.25 ms per unary call on a busy 2-core machine; docs/latency.md)."""
 
-    def __init__(self, address: str, timeout: float = 30.0, retries: int = 5, backoff_s: float = 0.1,
+    def __init__(self, address: str, timeout: float | None = 30.0, retries: int = 5, backoff_s: float = 0.1,
                  token: str | None = None, root_certificates: bytes | None = None,
                  max_message_bytes: int = 16 * 1024 * 1024) -> None:
         options = _channel_options(max_message_bytes)
@@ -193,7 +194,7 @@ class PolicyClient:
 class AsyncPolicyClient:
     """asyncio twin of :class:`PolicyClient`."""
 
-    def __init__(self, address: str, timeout: float = 30.0, retries: int = 5, backoff_s: float = 0.1,
+    def __init__(self, address: str, timeout: float | None = 30.0, retries: int = 5, backoff_s: float = 0.1,
                  token: str | None = None, root_certificates: bytes | None = None,
                  max_message_bytes: int = 16 * 1024 * 1024) -> None:
         options = _channel_options(max_message_bytes)

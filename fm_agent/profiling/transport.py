@@ -5,12 +5,18 @@ process on loopback (as deployed: a robot controller and a policy server), so
 ``round trip - in-process step`` is what the wire, the (de)serialisation and the server add; as the
 model step itself is noisy, each server also reports its own time per call, and
 ``round trip - server time`` (per call, then the median) isolates the transport.
+
+The paths are timed side by side: all servers run at once and the calls take turns in an order that
+rotates (:func:`time_paths`). Timing one path after another instead lets the machine's drift between
+the windows decide the comparison: on this 2-core machine that moved a path by 0.1-0.2 ms, as much
+as the differences being measured (docs/latency.md).
 Also measures throughput with concurrent episodes, with and without micro-batching.
 The openpi path needs ``pip install --no-deps openpi-client==0.1.2 msgpack websockets``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import statistics
@@ -22,25 +28,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-
-def _timed(fn: Callable[[], Any], repeats: int, wire: list[float] | None = None) -> list[float]:
-    """Round trips in ms; with ``wire``, also each call's round trip minus the server's own time
-    (``fn`` returns that time), which isolates the transport from the noisy model step."""
-    fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        server_ms = fn()
-        out.append((time.perf_counter() - start) * 1e3)
-        if wire is not None:
-            wire.append(out[-1] - float(server_ms))
-    return out
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    q = np.percentile(values, [50, 95])
-    return {"p50_ms": float(q[0]), "p95_ms": float(q[1]), "mean_ms": float(statistics.mean(values)), "n": len(values)}
 
 
 def _codec(kind: str) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
@@ -99,8 +86,65 @@ def _websocket_server(policy, decode: Callable[[bytes], dict], encode: Callable[
     return server, server.socket.getsockname()[1]
 
 
-def run_transport_benchmark(checkpoint: Path, repeats: int = 50, image_size: int = 224, concurrent: int = 8,
-                            concurrent_steps: int = 20) -> dict[str, Any]:
+ORDERINGS = {"interleaved": 1, "blocks": 20}  # calls per path per turn
+
+
+def time_paths(paths: dict[str, Callable[[], float | None]], rounds: int, block: int = 1,
+               progress: Callable[[int], Any] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Calls every path ``rounds`` times, in turns of ``block`` calls per path, the order of the paths
+    rotating by one each turn so that no path always follows the same one (what ran just before a
+    call, e.g. a server finishing its reply, shows in that call's time on a 2-core machine).
+
+    A path returns its server's own time for the call (ms) or None (in-process). Per call, the round
+    trip (ms) and, where the server reported its time, round trip minus server time: the transport."""
+    names = list(paths)
+    out = {name: {"round_trip": [], "transport": []} for name in names}
+    for name in names:  # warm-up: connections, first-call allocations
+        for _ in range(3):
+            paths[name]()
+    for turn in range(-(-rounds // block)):
+        order = names[turn % len(names):] + names[:turn % len(names)]
+        for name in order:
+            for _ in range(min(block, rounds - turn * block)):
+                start = time.perf_counter()
+                server_ms = paths[name]()
+                elapsed = (time.perf_counter() - start) * 1e3
+                out[name]["round_trip"].append(elapsed)
+                if server_ms is not None:
+                    out[name]["transport"].append(elapsed - float(server_ms))
+        if progress is not None:
+            progress(min(block, rounds - turn * block))
+    return out
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    q = np.percentile(values, [25, 50, 75, 95])
+    return {"p25_ms": float(q[0]), "p50_ms": float(q[1]), "p75_ms": float(q[2]), "p95_ms": float(q[3]),
+            "mean_ms": float(statistics.mean(values)), "n": len(values)}
+
+
+def summarise_paths(timings: dict[str, dict[str, list[float]]], in_process: str = "in_process_step") -> dict:
+    """Per path: round-trip and transport quartiles, and round-trip p50 minus the in-process step's p50
+    (the issue's definition; the per-call transport is the finer measure, as the model step is noisy)."""
+    base = float(np.median(timings[in_process]["round_trip"])) if in_process in timings else None
+    summary = {}
+    for name, values in timings.items():
+        row = {"round_trip": _stats(values["round_trip"])}
+        if values["transport"]:
+            row["transport"] = _stats(values["transport"])
+        if base is not None and name != in_process:
+            row["round_trip_minus_in_process_p50_ms"] = row["round_trip"]["p50_ms"] - base
+        summary[name] = row
+    return summary
+
+
+def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: int = 224, concurrent: int = 8,
+                            concurrent_steps: int = 20, progress: Callable[[int, int, str], Any] | None = None
+                            ) -> dict[str, Any]:
+    """Every path's server is up at once and the calls take turns (see :func:`time_paths`), once one
+    call per turn ("interleaved": every server idles while the others work, as a policy server idles
+    while the robot executes a chunk) and once 20 per turn ("blocks": each path's calls back to back).
+    ``progress(calls, total, ordering)`` is told of every finished turn."""
     import torch
 
     from ..client import PolicyClient
@@ -115,74 +159,70 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 50, image_size: int
     instruction = "pick up the black bowl and place it on the plate"
     payload_bytes = sum(a.nbytes for a in images.values())
     report: dict[str, Any] = {"payload": {"cameras": list(images), "shape": [image_size, image_size, 3],
-                                          "bytes": payload_bytes}, "repeats": repeats}
-
-    in_process = _timed(lambda: policy.predict([Observation([images], instruction, proprio)]), repeats)
-    report["in_process_step"] = _stats(in_process)
-
-    server = LocalServer(checkpoint, threads=1)
-    address = server.start()
-    try:
-        with PolicyClient(address) as client:
-            episode = client.start_episode(instruction)
-            wire: list[float] = []
-            grpc_rtt = _timed(lambda: client.act(episode, images, proprio).latency["server_ms"], repeats, wire)
-            report["grpc"] = _stats(grpc_rtt)
-            report["grpc"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
-            with client.open_stream() as stream:
-                wire = []
-                report["grpc_stream"] = _stats(_timed(lambda: stream.act(episode, images, proprio).latency["server_ms"],
-                                                      repeats, wire))
-                report["grpc_stream"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
-        report["throughput"] = {}
-        for label, batch in (("micro_batching", 8), ("no_batching", 1)):
-            server.stop()
-            server = LocalServer(checkpoint, ("--max-batch", str(batch)), threads=1)
-            address = server.start()
-            report["throughput"][label] = _throughput(address, images, proprio, instruction, concurrent,
-                                                      concurrent_steps)
-        t = report["throughput"]
-        t["ratio"] = t["micro_batching"]["steps_per_s"] / t["no_batching"]["steps_per_s"]
-    finally:
-        server.stop()
-
+                                          "bytes": payload_bytes}, "repeats": repeats, "skipped": {}}
     obs = {**images, "prompt": instruction, **({"state": proprio} if proprio is not None else {})}
-    try:
-        from openpi_client.websocket_client_policy import WebsocketClientPolicy
+    history = [images] * policy.config.history  # what the server's episode holds after its first steps
 
-        ws = _WebsocketProcess("msgpack", checkpoint)
-        try:
-            client = WebsocketClientPolicy("127.0.0.1", ws.port)
-            wire = []
-            report["openpi_msgpack_websocket"] = _stats(_timed(lambda: client.infer(obs)["server_ms"], repeats, wire))
-            report["openpi_msgpack_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
-        finally:
-            ws.stop()
-    except ImportError as error:
-        report["openpi_msgpack_websocket"] = {"skipped": f"openpi-client not installed ({error})"}
-    try:
-        from websockets.sync.client import connect
+    def in_process() -> None:
+        policy.predict([Observation(history, instruction, proprio)])
 
-        ws = _WebsocketProcess("pickle", checkpoint)
+    with contextlib.ExitStack() as stack:
+        server = LocalServer(checkpoint, threads=1)
+        address = server.start()
+        stack.callback(server.stop)
+        client = stack.enter_context(PolicyClient(address))
+        no_deadline = stack.enter_context(PolicyClient(address, timeout=None))
+        episodes = {name: client.start_episode(instruction) for name in ("unary", "unary_nd", "stream")}
+        stream = stack.enter_context(client.open_stream())
+        paths: dict[str, Callable[[], float | None]] = {
+            "in_process_step": in_process,
+            "grpc": lambda: client.act(episodes["unary"], images, proprio).latency["server_ms"],
+            "grpc_no_deadline": lambda: no_deadline.act(episodes["unary_nd"], images, proprio).latency["server_ms"],
+            "grpc_stream": lambda: stream.act(episodes["stream"], images, proprio).latency["server_ms"],
+        }
         try:
-            connection = connect(f"ws://127.0.0.1:{ws.port}", compression=None, max_size=None)
-            connection.recv()
+            from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+            ws = _WebsocketProcess("msgpack", checkpoint)
+            stack.callback(ws.stop)
+            openpi = WebsocketClientPolicy("127.0.0.1", ws.port)
+            paths["openpi_msgpack_websocket"] = lambda: openpi.infer(obs)["server_ms"]
+        except ImportError as error:
+            report["skipped"]["openpi_msgpack_websocket"] = f"openpi-client not installed ({error})"
+        try:
+            from websockets.sync.client import connect
+
+            ws_pickle = _WebsocketProcess("pickle", checkpoint)
+            stack.callback(ws_pickle.stop)
+            connection = stack.enter_context(connect(f"ws://127.0.0.1:{ws_pickle.port}", compression=None,
+                                                     max_size=None))
+            connection.recv()  # the metadata message
 
             def pickled() -> float:
                 connection.send(pickle.dumps(obs))
                 return pickle.loads(connection.recv())["server_ms"]
 
-            wire = []
-            report["pickle_websocket"] = _stats(_timed(pickled, repeats, wire))
-            report["pickle_websocket"]["round_trip_minus_server_p50_ms"] = float(np.median(wire))
-            connection.close()
+            paths["pickle_websocket"] = pickled
+        except ImportError as error:
+            report["skipped"]["pickle_websocket"] = f"websockets not installed ({error})"
+        report["orderings"] = {}
+        for ordering, block in ORDERINGS.items():
+            total = repeats * len(paths) * len(ORDERINGS)
+            tick = (lambda n, ordering=ordering: progress(n * len(paths), total, ordering)) if progress else None
+            timings = time_paths(paths, repeats, block, tick)
+            report["orderings"][ordering] = {"calls_per_turn": block, "paths": summarise_paths(timings)}
+
+    report["throughput"] = {}
+    for label, batch in (("micro_batching", 8), ("no_batching", 1)):
+        server = LocalServer(checkpoint, ("--max-batch", str(batch)), threads=1)
+        address = server.start()
+        try:
+            report["throughput"][label] = _throughput(address, images, proprio, instruction, concurrent,
+                                                      concurrent_steps)
         finally:
-            ws.stop()
-    except ImportError as error:
-        report["pickle_websocket"] = {"skipped": f"websockets not installed ({error})"}
-    for key in ("grpc", "grpc_stream", "openpi_msgpack_websocket", "pickle_websocket"):
-        if "p50_ms" in report[key]:
-            report[key]["overhead_p50_ms"] = report[key]["p50_ms"] - report["in_process_step"]["p50_ms"]
+            server.stop()
+    t = report["throughput"]
+    t["ratio"] = t["micro_batching"]["steps_per_s"] / t["no_batching"]["steps_per_s"]
     return report
 
 
@@ -211,22 +251,75 @@ def _throughput(address: str, images, proprio, instruction: str, episodes: int, 
             "steps_per_s": episodes * steps / elapsed}
 
 
+LABELS = {"in_process_step": "in-process step", "grpc": "gRPC Act (30 s deadline)",
+          "grpc_no_deadline": "gRPC Act (no deadline)", "grpc_stream": "gRPC StreamAct",
+          "openpi_msgpack_websocket": "openpi msgpack/websocket", "pickle_websocket": "pickle/websocket"}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"payload: {report['payload']['bytes']} bytes ({len(report['payload']['cameras'])} x "
+             f"{'x'.join(map(str, report['payload']['shape']))} uint8), {report['repeats']} calls per path"]
+    for ordering, result in report["orderings"].items():
+        lines.append(f"\n{ordering} ({result['calls_per_turn']} call(s) per path per turn, order rotating):")
+        lines.append(f"  {'path':28s} {'round trip p50':>14s} {'- in-process':>12s} {'transport p25/p50/p75 (ms)':>28s}")
+        for name, row in result["paths"].items():
+            transport = row.get("transport")
+            t = f"{transport['p25_ms']:.2f} / {transport['p50_ms']:.2f} / {transport['p75_ms']:.2f}" if transport else "-"
+            minus = row.get("round_trip_minus_in_process_p50_ms")
+            lines.append(f"  {LABELS.get(name, name):28s} {row['round_trip']['p50_ms']:11.2f} ms "
+                         f"{'' if minus is None else f'{minus:9.2f} ms':>12s} {t:>28s}")
+    for name, why in report["skipped"].items():
+        lines.append(f"  {LABELS.get(name, name)}: skipped, {why}")
+    t = report["throughput"]
+    lines.append(f"\n{8} concurrent episodes: {t['micro_batching']['steps_per_s']:.1f} steps/s with micro-batching, "
+                 f"{t['no_batching']['steps_per_s']:.1f} without (x{t['ratio']:.2f})")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """Transport (round trip minus server time) per path, quartiles and p95, one panel per ordering."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    orderings = report["orderings"]
+    fig, axes = plt.subplots(1, len(orderings), figsize=(5.5 * len(orderings), 3.6), sharey=True, squeeze=False)
+    for ax, (ordering, result) in zip(axes[0], orderings.items()):
+        rows = [(LABELS.get(n, n), r["transport"]) for n, r in result["paths"].items() if "transport" in r]
+        for i, (label, t) in enumerate(rows):
+            ax.plot([i, i], [t["p25_ms"], t["p75_ms"]], lw=8, color="C0", alpha=0.5, solid_capstyle="butt")
+            ax.plot([i, i], [t["p75_ms"], t["p95_ms"]], lw=1, color="C0")
+            ax.plot(i, t["p50_ms"], "o", color="C3")
+            ax.annotate(f"{t['p50_ms']:.2f}", (i, t["p50_ms"]), textcoords="offset points", xytext=(8, -3), fontsize=8)
+        ax.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=25, ha="right", fontsize=8)
+        ax.axhline(1.0, ls="--", color="gray", lw=0.8)
+        ax.set_title(f"{ordering}: {result['calls_per_turn']} call(s) per turn", fontsize=9)
+        ax.set_ylabel("round trip - server time (ms)")
+        ax.set_ylim(bottom=0)
+    fig.suptitle(f"one control step, {report['payload']['bytes'] // 1000} KB of frames, loopback "
+                 "(median, quartiles, p95)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(checkpoint: Path, out: Path, repeats: int) -> int:
-    report = run_transport_benchmark(checkpoint, repeats)
+    from tqdm import tqdm
+
+    bar = tqdm(desc="transport calls", unit="call", mininterval=1.0)
+
+    def progress(calls: int, total: int, ordering: str) -> None:
+        bar.total = total
+        bar.set_postfix(ordering=ordering, refresh=False)
+        bar.update(calls)
+
+    report = run_transport_benchmark(checkpoint, repeats, progress=progress)
+    bar.close()
+    report["command"] = " ".join(sys.argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "transport.json").write_text(json.dumps(report, indent=2))
-    print(f"payload: {report['payload']}")
-    print(f"in-process step p50 {report['in_process_step']['p50_ms']:.2f} ms")
-    for key in ("grpc", "grpc_stream", "openpi_msgpack_websocket", "pickle_websocket"):
-        r = report[key]
-        if "p50_ms" in r:
-            print(f"{key:26s} round trip p50 {r['p50_ms']:.2f} ms p95 {r['p95_ms']:.2f} ms; minus in-process step "
-                  f"{r['overhead_p50_ms']:.2f} ms; minus the server's own time (transport) "
-                  f"{r['round_trip_minus_server_p50_ms']:.2f} ms")
-        else:
-            print(f"{key:26s} {r['skipped']}")
-    t = report["throughput"]
-    print(f"8 concurrent episodes: {t['micro_batching']['steps_per_s']:.1f} steps/s with micro-batching, "
-          f"{t['no_batching']['steps_per_s']:.1f} without (x{t['ratio']:.2f})")
-    print(f"wrote {out / 'transport.json'}")
+    plot_report(report, out / "transport.png")
+    print(format_report(report))
+    print(f"wrote {out / 'transport.json'} and {out / 'transport.png'}")
     return 0
