@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--train-mask", nargs="+", default=["causal"], help="training-time mask label(s)")
+    parser.add_argument("--image-shift", type=int, default=0, metavar="PIXELS",
+                        help="random-shift augmentation: move each camera view by up to this many pixels per "
+                             "training sample (DrQ; 4 for 64x64 LIBERO views); 0 = off")
     parser.add_argument("--max-episodes", type=int, help="use at most this many episodes")
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--validate-every", type=int, default=250)
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              train_masks=tuple(args.train_mask), validate_every=args.validate_every,
                              checkpoint_every=args.validate_every, seed=args.seed, threads=args.threads,
-                             max_minutes=args.max_minutes)
+                             max_minutes=args.max_minutes, image_shift=args.image_shift)
     log = train(policy, train_eps, val_eps, settings, args.out, progress=lambda **kw: tqdm(desc="training", **kw),
                 resume=not args.fresh)
     policy.config.training = {
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "envs": recorded_envs(args.data), "init": str(args.init) if args.init else None,
         **({"init_training": earlier} if earlier else {}),
         "train_masks": list(args.train_mask), "steps": log.steps[-1] if log.steps else 0,
+        "image_shift": args.image_shift,
         "minutes": round(log.seconds / 60, 2), "parameters": params,
         "val_loss": log.val_loss[-1] if log.val_loss else None,
         "val_action_accuracy": log.val_accuracy[-1] if log.val_accuracy else None,

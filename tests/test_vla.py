@@ -234,6 +234,30 @@ def test_training_histories_match_what_the_server_keeps(chunk: int) -> None:
         live.history.append({"image": video[step]})
 
 
+def test_random_shift_moves_each_view_and_keeps_the_motion_between_frames() -> None:
+    from fm_agent.model.training import random_shift
+
+    samples, history, cameras, size, pad = 6, 2, 2, 8, 2
+    ramp = torch.arange(size, dtype=torch.float32)
+    image = (ramp[:, None] * 10 + ramp[None, :]).expand(3, size, size)  # every pixel distinct
+    views = image.expand(samples, history, cameras, 3, size, size).clone()
+    views[:, 1] += 1000.0  # the second frame differs from the first by a constant
+    pixels = views.reshape(-1, 3, size, size)
+    generator = torch.Generator().manual_seed(0)
+    out = random_shift(pixels, samples, history, cameras, pad, generator).reshape_as(views)
+    assert torch.equal(random_shift(pixels, samples, history, cameras, 0), pixels)
+    torch.testing.assert_close(out[:, 1] - out[:, 0], torch.full_like(out[:, 0], 1000.0))  # same shift per sample
+    padded = torch.nn.functional.pad(image[None], (pad,) * 4, mode="replicate")[0]
+    shifts = set()
+    for i in range(samples):
+        for c in range(cameras):
+            found = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                     if torch.equal(out[i, 0, c], padded[:, dy:dy + size, dx:dx + size])]
+            assert found, "a view is not a shifted copy of the image"
+            shifts.add(found[0])
+    assert len(shifts) > 1
+
+
 def test_training_never_shows_targets_to_images() -> None:
     """With Mf the images may see the prompt's future but not the appended targets: changing a target
     token must not change the logits at any prompt position."""

@@ -38,6 +38,7 @@ class TrainSettings:
     seed: int = 0
     threads: int = 2
     max_minutes: float | None = None
+    image_shift: int = 0  # random-shift augmentation: pixels each camera view may move (0 = off)
 
 
 @dataclass
@@ -69,6 +70,30 @@ def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Se
     visual = inputs["input_ids"] == policy.image_token_id  # prompt only: the future ends at the prompt
     return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": inputs["pixel_values"],
             "labels": labels, "visual": visual}
+
+
+def random_shift(pixels: torch.Tensor, samples: int, history: int, cameras: int, pad: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Shifts each sample's view of each camera by up to ``pad`` pixels (edge pixels repeated), the same
+    shift for all of its history frames, so the motion between them is kept (DrQ's random shift,
+    Yarats et al. 2021). Why: with tens of demonstrations per task a policy otherwise keys on exact
+    pixel positions; small shifts make it read where objects are relative to each other.
+
+    ``pixels`` is ``(samples * history * cameras, 3, S, S)`` in the order :meth:`VLAPolicy.pixel_values`
+    lays out (sample, then frame, then camera)."""
+    if pad <= 0:
+        return pixels
+    size = pixels.shape[-1]
+    views = pixels.reshape(samples, history, cameras, *pixels.shape[1:])
+    padded = torch.nn.functional.pad(views.flatten(0, 2), (pad, pad, pad, pad), mode="replicate")
+    padded = padded.reshape(samples, history, cameras, *padded.shape[1:])
+    offsets = torch.randint(0, 2 * pad + 1, (samples, cameras, 2), generator=generator)
+    out = torch.empty_like(views)
+    for i in range(samples):
+        for c in range(cameras):
+            dy, dx = offsets[i, c].tolist()
+            out[i, :, c] = padded[i, :, c, :, dy:dy + size, dx:dx + size]
+    return out.reshape_as(pixels)
 
 
 def forward_loss(policy: VLAPolicy, batch: dict, spec: FutureMaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +169,10 @@ def train(policy: VLAPolicy, train_eps: Sequence[EpisodeArrays], val_eps: Sequen
 
     while step < settings.steps:
         spec = random.choice(specs)
-        batch = make_batch(policy, train_eps, random.sample(samples, min(settings.batch_size, len(samples))))
+        drawn = random.sample(samples, min(settings.batch_size, len(samples)))
+        batch = make_batch(policy, train_eps, drawn)
+        batch["pixel_values"] = random_shift(batch["pixel_values"], len(drawn), policy.config.history,
+                                             len(policy.config.cameras), settings.image_shift)
         loss, _ = forward_loss(policy, batch, spec)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
