@@ -32,7 +32,8 @@ PRESETS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True, help="prompt/action conventions")
-    parser.add_argument("--data", type=Path, required=True, help="folder of recorded episodes")
+    parser.add_argument("--data", type=Path, nargs="+", required=True,
+                        help="folder(s) of recorded episodes, e.g. clean and DART demonstrations")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     parser.add_argument("--history", type=int, help="frames per camera in the prompt (K)")
     parser.add_argument("--chunk", type=int, help="actions predicted per call")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     preset = PRESETS[args.preset]
     cameras = preset["cameras"]
-    episodes = load_episodes(args.data, cameras, args.max_episodes)
+    episodes = [e for folder in args.data for e in load_episodes(folder, cameras, args.max_episodes)][:args.max_episodes]
     order = list(range(len(episodes)))
     random.Random(args.seed).shuffle(order)
     n_val = max(1, int(len(order) * args.val_fraction))
@@ -122,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     log = train(policy, train_eps, val_eps, settings, args.out, progress=lambda **kw: tqdm(desc="training", **kw),
                 resume=not args.fresh)
     policy.config.training = {
-        "command": " ".join(sys.argv), "data": str(args.data), "episodes": len(episodes),
-        "envs": recorded_envs(args.data), "init": str(args.init) if args.init else None,
+        "command": " ".join(sys.argv), "data": " ".join(map(str, args.data)), "episodes": len(episodes),
+        "envs": sorted({env for folder in args.data for env in recorded_envs(folder)}),
+        "init": str(args.init) if args.init else None,
         **({"init_training": earlier} if earlier else {}),
         "train_masks": list(args.train_mask), "steps": log.steps[-1] if log.steps else 0,
         "image_shift": args.image_shift,
