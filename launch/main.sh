@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 exec .venv/bin/python launch/libero_eval.py --checkpoint checkpoints/libero_spatial --suite libero_spatial \
-  --tasks 0 --init-states 0 --videos 1 --out runs/main "$@"
+  --tasks 7 --init-states 10 --videos 1 --out runs/main "$@"
