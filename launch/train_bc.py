@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     preset = PRESETS[args.preset]
     cameras = preset["cameras"]
-    episodes = [e for folder in args.data for e in load_episodes(folder, cameras, args.max_episodes)][:args.max_episodes]
+    episodes = [e for folder in args.data
+                for e in load_episodes(folder, cameras, args.max_episodes)][:args.max_episodes]
     order = list(range(len(episodes)))
     random.Random(args.seed).shuffle(order)
     n_val = max(1, int(len(order) * args.val_fraction))

@@ -65,8 +65,9 @@ class ActStream:
 
     Why: a unary ``Act`` opens a fresh HTTP/2 stream per step (headers, deadline, trailers, a new call
     on both sides); one long-lived stream skips that and costs 0.15-0.6 ms less per step on loopback
-    here, depending on the unary call's deadline and the spacing of the calls (docs/latency.md). The stream has no deadline and no retries: if the server rejects a request
-    (e.g. INVALID_ARGUMENT) or goes away, ``act`` raises ``grpc.RpcError`` and the stream is over;
+    here, depending on the unary call's deadline and the spacing of the calls (docs/latency.md).
+    The stream has no deadline and no retries: if the server rejects a request (e.g. INVALID_ARGUMENT)
+    or goes away, ``act`` raises ``grpc.RpcError`` and the stream is over;
     open a new one (the episode itself is unchanged by a rejected step).
 
         with client.open_stream() as stream:
