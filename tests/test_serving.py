@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import subprocess
@@ -94,17 +95,44 @@ def test_full_episode_act_and_stream(client, checkpoint) -> None:
         assert np.array_equal(a.actions, b.actions), "same observations, same mask: same actions"
     client.end_episode(episode)
 
+
+@pytest.mark.parametrize("driver", ["caller", "threaded"])
+def test_control_loop_on_one_stream(client, driver) -> None:
+    """Both ways of driving ``StreamAct`` (the caller's thread, grpcio's threads) give unary Act's steps."""
     episode = client.start_episode(INSTRUCTION, mask="Mf", merge=True)
-    with client.open_stream() as stream:  # the step-by-step control loop on one stream
+    steps = [client.act(episode, frame(s), np.zeros(8)) for s in range(4)]
+    client.end_episode(episode)
+    episode = client.start_episode(INSTRUCTION, mask="Mf", merge=True)
+    with client.open_stream(driver) as stream:
+        assert stream.driver == driver
         looped = [stream.act(episode, frame(s), np.zeros(8)) for s in range(4)]
     assert [r.step for r in looped] == [0, 1, 2, 3]
     assert all(np.array_equal(a.actions, b.actions) for a, b in zip(steps, looped))
-    with client.open_stream() as stream:  # a rejected step ends the stream, not the episode
-        with pytest.raises(grpc.RpcError) as error:
-            stream.act(episode, {"agentview": np.zeros((8, 8, 3), np.uint8)}, np.zeros(8))
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with client.open_stream(driver) as stream:  # a rejected step ends the stream, not the episode
+        for _ in range(2):  # and the ended stream keeps saying why
+            with pytest.raises(grpc.RpcError) as error:
+                stream.act(episode, {"agentview": np.zeros((8, 8, 3), np.uint8)}, np.zeros(8))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            if driver == "threaded":
+                break  # grpcio's own stream raises StopIteration once it is over
+        assert "wrist" in error.value.details() or "agentview" in error.value.details()
     assert client.act(episode, frame(4), np.zeros(8)).step == 4
+    dropped = client.open_stream(driver)  # a stream dropped without close is cancelled, nothing else
+    assert dropped.act(episode, frame(5), np.zeros(8)).step == 5
+    del dropped
+    gc.collect()
+    with client.open_stream(driver) as stream:  # unknown episode: NOT_FOUND, as from unary Act
+        with pytest.raises(grpc.RpcError) as error:
+            stream.act("no-such-episode", frame(0), np.zeros(8))
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
     client.end_episode(episode)
+
+
+def test_the_pinned_grpcio_streams_from_the_callers_thread(client) -> None:
+    with client.open_stream() as stream:
+        assert stream.driver == "caller"
+    with pytest.raises(ValueError, match="driver"):
+        client.open_stream("fast")
 
 
 def test_asyncio_client_runs_an_episode_like_the_sync_client(server, client) -> None:
@@ -307,6 +335,13 @@ def test_bearer_token(checkpoint) -> None:
             assert code_of(anonymous.info) == grpc.StatusCode.UNAUTHENTICATED
         with PolicyClient(server.address, token="s3cret") as c:
             assert c.info().history == 2
+            episode = c.start_episode(INSTRUCTION)
+            with c.open_stream() as stream:  # the stream carries the token too
+                assert stream.act(episode, frame(0), np.zeros(8)).step == 0
+        with PolicyClient(server.address, retries=0) as anonymous, anonymous.open_stream() as stream:
+            with pytest.raises(grpc.RpcError) as error:
+                stream.act("any", frame(0), np.zeros(8))
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop()

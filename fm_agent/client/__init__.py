@@ -13,7 +13,6 @@ exponential backoff, and the channel reconnects by itself once the server is bac
 from __future__ import annotations
 
 import asyncio
-import queue
 import random
 import time
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ import numpy as np
 from ..v1 import policy_pb2 as pb
 from ..v1 import policy_pb2_grpc as pb_grpc
 from .requests import act_request, encode_act_request, encode_image, mask_options, start_request
+from .results import ActResult
+from .stream import ActStream, StreamActError
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 _SERVICE_PATH = "/" + pb.DESCRIPTOR.services_by_name["PolicyService"].full_name + "/"
@@ -37,69 +38,8 @@ def _prebuilt(channel: Any, kind: str, method: str) -> Any:
                                   response_deserializer=pb.ActResponse.FromString, _registered_method=True)
 
 
-__all__ = ["ActResult", "ActStream", "AsyncPolicyClient", "PolicyClient", "RetryPolicy", "act_request",
-           "encode_act_request", "encode_image", "mask_options", "pb", "start_request"]
-
-
-@dataclass
-class ActResult:
-    actions: np.ndarray  # (chunk, dims) float32 or (chunk,) int64
-    step: int
-    latency: dict[str, float]
-    response: pb.ActResponse
-
-    @classmethod
-    def from_response(cls, response: pb.ActResponse) -> "ActResult":
-        if response.discrete_actions:
-            actions = np.asarray(response.discrete_actions, dtype=np.int64)
-        else:
-            actions = np.asarray(response.actions, dtype=np.float32).reshape(response.chunk, response.dims)
-        lat = response.latency
-        latency = {"queue_ms": lat.queue_ms, "preprocess_ms": lat.preprocess_ms, "prefill_ms": lat.prefill_ms,
-                   "decode_ms": lat.decode_ms, "server_ms": lat.server_ms, "batch_size": lat.batch_size}
-        return cls(actions, response.step, latency, response)
-
-
-class ActStream:
-    """``StreamAct`` as a synchronous control loop: ``act`` sends one observation and waits for its action.
-
-    Why: a unary ``Act`` opens a fresh HTTP/2 stream per step (headers, deadline, trailers, a new call
-    on both sides); one long-lived stream skips that and costs 0.15-0.6 ms less per step on loopback
-    here, depending on the unary call's deadline and the spacing of the calls (docs/latency.md).
-    The stream has no deadline and no retries: if the server rejects a request (e.g. INVALID_ARGUMENT)
-    or goes away, ``act`` raises ``grpc.RpcError`` and the stream is over;
-    open a new one (the episode itself is unchanged by a rejected step).
-
-        with client.open_stream() as stream:
-            for obs in loop:
-                actions = stream.act(episode, {"agentview": rgb}, proprio).actions
-    """
-
-    _END = object()
-
-    def __init__(self, channel: grpc.Channel, metadata: Any = None) -> None:
-        self._requests: queue.Queue = queue.Queue()
-        stream_act = _prebuilt(channel, "stream_stream", "StreamAct")
-        self._responses = stream_act(iter(self._requests.get, self._END), metadata=metadata)
-
-    def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
-            encoding: str = "raw") -> ActResult:
-        self._requests.put(encode_act_request(episode_id, images, proprio, encoding))
-        return ActResult.from_response(next(self._responses))
-
-    def close(self) -> None:
-        self._requests.put(self._END)
-        try:
-            for _ in self._responses:  # the server ends the stream once the requests end
-                pass
-        except grpc.RpcError:
-            pass
-
-    def __enter__(self) -> "ActStream":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+__all__ = ["ActResult", "ActStream", "AsyncPolicyClient", "PolicyClient", "RetryPolicy", "StreamActError",
+           "act_request", "encode_act_request", "encode_image", "mask_options", "pb", "start_request"]
 
 
 @dataclass(frozen=True)
@@ -171,9 +111,9 @@ class PolicyClient:
         request = encode_act_request(episode_id, images, proprio, encoding)
         return ActResult.from_response(self._call(self._act, request, timeout))
 
-    def open_stream(self) -> "ActStream":
+    def open_stream(self, driver: str = "auto") -> ActStream:
         """A control loop on one ``StreamAct`` stream (see :class:`ActStream`)."""
-        return ActStream(self.channel, self.metadata)
+        return ActStream(self.channel, self.metadata, driver)
 
     def stream(self, requests) -> Any:
         """``StreamAct``: yields ActResult for an iterable of ActRequest (see :func:`act_request`)."""
