@@ -71,7 +71,7 @@ def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
                                      concurrent_steps=2)
     for ordering in ("interleaved", "blocks"):
         paths = report["orderings"][ordering]["paths"]
-        assert {"in_process_step", "grpc", "grpc_no_deadline", "grpc_stream"} <= set(paths)
+        assert {"in_process_step", "grpc", "grpc_no_deadline", "grpc_stream", "grpc_stream_threaded"} <= set(paths)
         assert set(paths) | set(report["skipped"]) >= {"openpi_msgpack_websocket", "pickle_websocket"}
         assert all(paths[name]["transport"]["n"] == 2 for name in paths if name != "in_process_step")
     assert report["throughput"]["ratio"] > 0

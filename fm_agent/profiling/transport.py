@@ -172,13 +172,18 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
         stack.callback(server.stop)
         client = stack.enter_context(PolicyClient(address))
         no_deadline = stack.enter_context(PolicyClient(address, timeout=None))
-        episodes = {name: client.start_episode(instruction) for name in ("unary", "unary_nd", "stream")}
+        episodes = {name: client.start_episode(instruction)
+                    for name in ("unary", "unary_nd", "stream", "stream_threaded")}
         stream = stack.enter_context(client.open_stream())
+        threaded = stack.enter_context(client.open_stream("threaded"))
+        report["stream_driver"] = stream.driver
         paths: dict[str, Callable[[], float | None]] = {
             "in_process_step": in_process,
             "grpc": lambda: client.act(episodes["unary"], images, proprio).latency["server_ms"],
             "grpc_no_deadline": lambda: no_deadline.act(episodes["unary_nd"], images, proprio).latency["server_ms"],
             "grpc_stream": lambda: stream.act(episodes["stream"], images, proprio).latency["server_ms"],
+            "grpc_stream_threaded": lambda: threaded.act(episodes["stream_threaded"], images,
+                                                         proprio).latency["server_ms"],
         }
         try:
             from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -253,6 +258,7 @@ def _throughput(address: str, images, proprio, instruction: str, episodes: int, 
 
 LABELS = {"in_process_step": "in-process step", "grpc": "gRPC Act (30 s deadline)",
           "grpc_no_deadline": "gRPC Act (no deadline)", "grpc_stream": "gRPC StreamAct",
+          "grpc_stream_threaded": "gRPC StreamAct, threaded",
           "openpi_msgpack_websocket": "openpi msgpack/websocket", "pickle_websocket": "pickle/websocket"}
 
 
