@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install fm-agent with what it needs (idempotent: reinstalls only when pyproject.toml changes).
+# Create .venv and install fm-agent with what it needs. Idempotent: reinstalls only when
+# pyproject.toml or this script changes.
 # torch is installed first and pinned to 2.13.0: that CPU wheel lies on disk on our machines, any
 # other version downloads a multi-GB CUDA build.
 set -euo pipefail
@@ -10,10 +11,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.fm-agent-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml launch/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet torch==2.13.0
   .venv/bin/python -m pip install --quiet -e '.[test,envs]'
+  # openpi's client protocol, for the transport benchmark's side-by-side path. --no-deps: its
+  # metadata asks for numpy<2, though the two modules the benchmark uses run on ours.
+  .venv/bin/python -m pip install --quiet --no-deps openpi-client==0.1.2 msgpack==1.2.4 websockets==17.4
   echo "$want" > "$stamp"
 fi

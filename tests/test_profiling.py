@@ -63,6 +63,7 @@ def test_transport_paths_take_turns_in_rotating_order() -> None:
 def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
     """Real servers on loopback, two calls per path: the report has every path (or says why one was
     skipped), a table and a plot."""
+    import importlib.util
     from pathlib import Path
 
     from fm_agent.profiling.transport import format_report, plot_report, run_transport_benchmark
@@ -73,6 +74,9 @@ def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
         paths = report["orderings"][ordering]["paths"]
         assert {"in_process_step", "grpc", "grpc_no_deadline", "grpc_stream", "grpc_stream_threaded"} <= set(paths)
         assert set(paths) | set(report["skipped"]) >= {"openpi_msgpack_websocket", "pickle_websocket"}
+        for name, module in (("openpi_msgpack_websocket", "openpi_client"), ("pickle_websocket", "websockets")):
+            if importlib.util.find_spec(module) is not None:  # launch/setup.sh installs both
+                assert name in paths, report["skipped"].get(name)
         assert all(paths[name]["transport"]["n"] == 2 for name in paths if name != "in_process_step")
     assert report["throughput"]["ratio"] > 0
     assert "gRPC StreamAct" in format_report(report)

@@ -11,7 +11,8 @@ rotates (:func:`time_paths`). Timing one path after another instead lets the mac
 the windows decide the comparison: on this 2-core machine that moved a path by 0.1-0.2 ms, as much
 as the differences being measured (docs/latency.md).
 Also measures throughput with concurrent episodes, with and without micro-batching.
-The openpi path needs ``pip install --no-deps openpi-client==0.1.2 msgpack websockets``.
+The openpi path needs ``pip install --no-deps openpi-client==0.1.2 msgpack websockets`` (launch/setup.sh
+does that).
 """
 
 from __future__ import annotations
