@@ -23,19 +23,11 @@ import numpy as np
 
 from ..v1 import policy_pb2 as pb
 from ..v1 import policy_pb2_grpc as pb_grpc
-from .requests import act_request, encode_act_request, encode_image, mask_options, start_request
+from .requests import act_request, encode_act_request, encode_image, mask_options, prebuilt, start_request
 from .results import ActResult
 from .stream import ActStream, StreamActError
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
-_SERVICE_PATH = "/" + pb.DESCRIPTOR.services_by_name["PolicyService"].full_name + "/"
-
-
-def _prebuilt(channel: Any, kind: str, method: str) -> Any:
-    """A multi-callable for ``method`` that sends request bytes as they are (from :func:`encode_act_request`);
-    registered with the channel once, as the generated stub's are (grpcio-tools emits the same flag)."""
-    return getattr(channel, kind)(_SERVICE_PATH + method, request_serializer=None,
-                                  response_deserializer=pb.ActResponse.FromString, _registered_method=True)
 
 
 __all__ = ["ActResult", "ActStream", "AsyncPolicyClient", "PolicyClient", "RetryPolicy", "StreamActError",
@@ -80,7 +72,7 @@ class PolicyClient:
         else:
             self.channel = grpc.insecure_channel(address, options)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
-        self._act = _prebuilt(self.channel, "unary_unary", "Act")
+        self._act = prebuilt(self.channel, "unary_unary", "Act")
         self.timeout, self.retry = timeout, RetryPolicy(retries, backoff_s)
         self.metadata = _bearer(token)
 
@@ -145,7 +137,7 @@ class AsyncPolicyClient:
         else:
             self.channel = grpc.aio.insecure_channel(address, options)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
-        self._act = _prebuilt(self.channel, "unary_unary", "Act")
+        self._act = prebuilt(self.channel, "unary_unary", "Act")
         self.timeout, self.retry = timeout, RetryPolicy(retries, backoff_s)
         self.metadata = _bearer(token)
 

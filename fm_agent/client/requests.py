@@ -85,6 +85,16 @@ def act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequ
     return request
 
 
+SERVICE_PATH = "/" + pb.DESCRIPTOR.services_by_name["PolicyService"].full_name + "/"
+
+
+def prebuilt(channel: Any, kind: str, method: str) -> Any:
+    """A multi-callable for ``method`` that sends request bytes as they are (from :func:`encode_act_request`);
+    registered with the channel once, as the generated stub's are (grpcio-tools emits the same flag)."""
+    return getattr(channel, kind)(SERVICE_PATH + method, request_serializer=None,
+                                  response_deserializer=pb.ActResponse.FromString, _registered_method=True)
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:

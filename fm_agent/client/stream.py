@@ -24,10 +24,10 @@ import grpc
 import numpy as np
 
 from ..v1 import policy_pb2 as pb
-from .requests import encode_act_request
+from .requests import SERVICE_PATH, encode_act_request, prebuilt
 from .results import ActResult
 
-METHOD = "/" + pb.DESCRIPTOR.services_by_name["PolicyService"].full_name + "/StreamAct"
+METHOD = SERVICE_PATH + "StreamAct"
 
 
 class StreamActError(grpc.RpcError):
@@ -129,8 +129,7 @@ class _ThreadedStream:
 
     def __init__(self, channel: grpc.Channel, metadata: Any) -> None:
         self._requests: queue.Queue = queue.Queue()
-        stream_act = channel.stream_stream(METHOD, request_serializer=None,
-                                           response_deserializer=pb.ActResponse.FromString, _registered_method=True)
+        stream_act = prebuilt(channel, "stream_stream", "StreamAct")
         self._responses = stream_act(iter(self._requests.get, self._END), metadata=metadata)
 
     def step(self, request: bytes) -> pb.ActResponse:
