@@ -48,7 +48,8 @@ def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .model import VLAPolicy
-    from .serving.server import ServerSettings, serve
+    from .serving.limits import Limits
+    from .serving.server import PortInUse, ServerSettings, serve
 
     handler = logging.StreamHandler()
     handler.setFormatter(_JsonFormatter() if args.json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -61,13 +62,25 @@ def _serve(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    try:
+        limits = Limits(max_instruction_chars=args.max_instruction_chars,
+                        max_instruction_words=args.max_instruction_words, max_image_pixels=args.max_image_pixels,
+                        max_image_side=args.max_image_side, max_queued_requests=args.max_queued_requests,
+                        max_concurrent_rpcs=args.max_concurrent_rpcs, stall_timeout_s=args.stall_timeout)
+    except ValueError as error:
+        print(f"fm-agent serve: {error}", file=sys.stderr)
+        return 2
     policy = VLAPolicy.from_pretrained(checkpoint)
     settings = ServerSettings(host=args.host, port=args.port, default_mask=spec, max_episodes=args.max_episodes,
                               idle_timeout_s=args.idle_timeout, max_batch=args.max_batch,
                               batch_window_ms=args.batch_window_ms, max_message_bytes=args.max_message_mb << 20,
                               token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                              model_name=checkpoint.name)
-    return asyncio.run(serve(policy, settings))
+                              model_name=checkpoint.name, limits=limits, decode_threads=args.decode_threads)
+    try:
+        return asyncio.run(serve(policy, settings))
+    except PortInUse as error:
+        print(f"fm-agent serve: {error}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,13 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=8, help="requests per forward pass (micro-batching)")
     serve.add_argument("--batch-window-ms", type=float, default=0.0,
                        help="extra wait for more requests before a forward pass (0: take what is queued)")
-    serve.add_argument("--max-message-mb", type=int, default=16)
+    serve.add_argument("--max-message-mb", type=int, default=16, help="largest request or response (MiB)")
+    limits = serve.add_argument_group("limits", "what one request may ask; refused before any work, the "
+                                                "message names the limit (defaults: fm_agent/serving/limits.py)")
+    limits.add_argument("--max-instruction-chars", type=int, default=2048)
+    limits.add_argument("--max-instruction-words", type=int, default=None,
+                        help="default: all the model's context holds beside frames, proprio and actions")
+    limits.add_argument("--max-image-pixels", type=int, default=1024 * 1024,
+                        help="width x height of one camera image (PNG/JPEG: read from the header)")
+    limits.add_argument("--max-image-side", type=int, default=4096)
+    limits.add_argument("--max-queued-requests", type=int, default=64,
+                        help="Act requests waiting for the model, all episodes together (then RESOURCE_EXHAUSTED)")
+    limits.add_argument("--max-concurrent-rpcs", type=int, default=128)
+    limits.add_argument("--stall-timeout", type=float, default=60.0,
+                        help="seconds one batch may run before health says NOT_SERVING and Acts fail fast")
+    serve.add_argument("--decode-threads", type=int, default=2, help="threads decoding images off the event loop")
     serve.add_argument("--token", help="require 'authorization: Bearer TOKEN' (use beyond loopback)")
     serve.add_argument("--tls-cert", type=Path)
     serve.add_argument("--tls-key", type=Path)
     serve.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     serve.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     serve.set_defaults(func=_serve)
+
+    from .profiling import soak
+
+    soak_parser = sub.add_parser("soak", help="load/soak the server: valid traffic mixed with hostile requests")
+    soak.add_arguments(soak_parser)
+    soak_parser.set_defaults(func=soak.main)
 
     masks = sub.add_parser("masks", help="print which keys each query may see under a mask")
     masks.add_argument("--layout", default="T4 V4 T2 V4 T3", help="token layout, e.g. 'T4 V4 T2 V4 T3'")

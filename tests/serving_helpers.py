@@ -40,3 +40,42 @@ def start_server(checkpoint: Path, *args: str, port: int = 0) -> LocalServer:
 def frame(seed: int, size: int = 16) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in ("agentview", "wrist")}
+
+
+class InProcessServer:
+    """A real ``PolicyServer`` on a loopback port, its event loop in a background thread of the test
+    process, so a test can reach into the policy (make the model slow, stall or fail) and the worker."""
+
+    def __init__(self, policy: VLAPolicy, **settings) -> None:
+        import asyncio
+        import threading
+
+        from fm_agent.serving.server import PolicyServer, ServerSettings
+
+        self.settings = ServerSettings(port=0, **settings)
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def start() -> PolicyServer:
+            server = PolicyServer(policy, self.settings)
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
+        self.servicer = self.server.servicer
+        self.address = f"127.0.0.1:{self.server.port}"
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> "InProcessServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -33,22 +33,22 @@ class InProcessActor:
         self.temperature = policy.config.temperature if temperature is None else temperature
         self.frames: deque = deque(maxlen=policy.config.history)
         self.instruction = ""
-        self.generator = None
+        self.seed, self.steps = 0, 0
 
     def start_episode(self, instruction: str, seed: int = 0) -> None:
-        import torch
-
         self.frames.clear()
         self.instruction = instruction
-        self.generator = torch.Generator().manual_seed(seed) if self.temperature > 0 else None
+        self.seed, self.steps = seed, 0
 
     def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
-        from ..model import Observation
+        from ..model import Observation, step_generator
 
-        self.frames.append({c: observation[c] for c in self.policy.config.cameras})
+        self.frames.append(self.policy.check_frame(observation))  # fitted on arrival, as the server does
         proprio = observation.get("proprio") if self.policy.config.proprio_dim else None
-        observation = Observation(list(self.frames), self.instruction, proprio, self.temperature, self.generator)
+        generator = step_generator(self.seed, self.steps) if self.temperature > 0 else None
+        observation = Observation(list(self.frames), self.instruction, proprio, self.temperature, generator)
         result = self.policy.predict([observation], self.spec)[0]
+        self.steps += 1
         return result.actions, result.timings_ms
 
     def end_episode(self) -> None:

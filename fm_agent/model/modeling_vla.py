@@ -3,6 +3,10 @@
 ``VLAPolicy.predict_action`` is the one verb the server and the evaluation loops use. It builds
 the multi-frame prompt, runs prefill and constrained greedy decoding of the action tokens under
 the requested attention mask, and returns actions with a timing breakdown.
+
+``predict`` is ``prepare`` (per observation: validation, prompt ids, pixels) followed by
+``predict_prepared`` (one batched forward). The server calls the two apart, so a malformed request
+is refused on its own before it can join, and fail, a batch of other clients' requests.
 """
 
 from __future__ import annotations
@@ -41,10 +45,46 @@ class Observation:
 
 
 @dataclass
+class PreparedObservation:
+    """An observation checked and turned into model inputs, ready to join a batch."""
+
+    prompt: list[int]  # ids, no padding
+    pixels: torch.Tensor  # (history * cameras, 3, S, S) in [-1, 1]
+    temperature: float = 0.0
+    generator: torch.Generator | None = None
+
+
+@dataclass
 class ActionResult:
     actions: np.ndarray  # (chunk, dims) float32 or (chunk,) int64
     tokens: np.ndarray  # (tokens_per_call,) ids
     timings_ms: dict[str, float]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The sampling stream of one control step: a pure function of (episode seed, step index).
+
+    An episode's draws therefore never depend on how many calls came before (a cancelled, refused
+    or retried step cannot shift the actions of later steps), and a replay with the same seed gives
+    the same actions step for step.
+    """
+    state = np.random.SeedSequence([seed % 2**64, step % 2**64]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: the camera image resized the way the model's pixels are made.
+
+    Frames of any size are accepted and fitted once, when they arrive; the history then holds
+    model-sized frames only, so a camera that changes resolution mid-episode costs nothing and an
+    episode's memory does not depend on what a client sends.
+    """
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
+                                             align_corners=False)
+    return pixels[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def build_backbone(config: VLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int,
@@ -137,41 +177,63 @@ class VLAPolicy:
         unit = np.clip((proprio - low) / np.maximum(high - low, 1e-6), 0, 1)
         return np.minimum((unit * self.config.proprio_bins).astype(np.int64), self.config.proprio_bins - 1)
 
+    def check_frame(self, frame: Frame) -> dict[str, np.ndarray]:
+        """The frame's cameras in config order, each fitted to the model's image size."""
+        fitted = {}
+        for camera in self.config.cameras:
+            if camera not in frame:
+                raise ValueError(f"frame lacks camera {camera!r} (expected {self.config.cameras})")
+            image = np.asarray(frame[camera])
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+                raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+            fitted[camera] = fit_image(image, self.config.image_size)
+        return fitted
+
     def pixel_values(self, frames: Sequence[Frame]) -> torch.Tensor:
         """(history * cameras, 3, S, S) in [-1, 1], frames oldest first, cameras in config order."""
-        images = []
-        for frame in self._history(frames):
-            for camera in self.config.cameras:
-                if camera not in frame:
-                    raise ValueError(f"frame lacks camera {camera!r} (expected {self.config.cameras})")
-                image = np.asarray(frame[camera])
-                if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                    raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
-                images.append(image)
-        if len({i.shape for i in images}) > 1:
-            raise ValueError(f"all cameras must share one size, got {sorted({i.shape for i in images})}")
-        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        size = self.config.image_size
-        if pixels.shape[-1] != size or pixels.shape[-2] != size:
-            pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
-                                                     align_corners=False)
-        return pixels
+        images = [image for frame in self._history(frames) for image in self.check_frame(frame).values()]
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
-    def encode(self, observations: Sequence[Observation]) -> dict[str, torch.Tensor]:
+    def prompt_capacity(self) -> int:
+        """How many instruction words the model's context holds beside the rest of the prompt and the
+        decoded action tokens (the bound a server puts on instructions)."""
+        context = self.model.config.get_text_config().max_position_embeddings
+        fixed = len(self.prompt_ids("x", np.zeros(self.config.proprio_dim) if self.config.proprio_dim else None)) - 1
+        return context - fixed - self.actions.tokens_per_call
+
+    def prepare(self, observation: Observation) -> PreparedObservation:
+        """Validate one observation and build its model inputs; raises ValueError saying what is wrong."""
+        return PreparedObservation(self.prompt_ids(observation.instruction, observation.proprio),
+                                   self.pixel_values(observation.frames), observation.temperature,
+                                   observation.generator)
+
+    def encode(self, observations: Sequence[Observation | PreparedObservation]) -> dict[str, torch.Tensor]:
         """A left-padded batch: input_ids, attention_mask (B, L) and pixel_values (B * n_images, 3, S, S)."""
-        prompts = [self.prompt_ids(o.instruction, o.proprio) for o in observations]
-        length = max(len(p) for p in prompts)
+        prepared = [o if isinstance(o, PreparedObservation) else self.prepare(o) for o in observations]
+        length = max(len(p.prompt) for p in prepared)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (length - len(p)) + p for p in prompts])
-        attention_mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
-        pixels = torch.cat([self.pixel_values(o.frames) for o in observations])
+        input_ids = torch.tensor([[pad] * (length - len(p.prompt)) + p.prompt for p in prepared])
+        attention_mask = torch.tensor([[0] * (length - len(p.prompt)) + [1] * len(p.prompt) for p in prepared])
+        pixels = torch.cat([p.pixels for p in prepared])
         return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixels}
 
     # -- acting -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def predict(self, observations: Sequence[Observation], spec: FutureMaskSpec | None = None) -> list[ActionResult]:
         """Actions for a batch of observations under one mask spec (decoding constrained to action tokens;
         greedy, or sampled per observation with its ``temperature``)."""
+        start = time.perf_counter()
+        prepared = [self.prepare(o) for o in observations]
+        results = self.predict_prepared(prepared, spec)
+        extra = (time.perf_counter() - start) * 1e3 - results[0].timings_ms["total_ms"]
+        for result in results:
+            result.timings_ms["preprocess_ms"] += extra
+            result.timings_ms["total_ms"] += extra
+        return results
+
+    @torch.no_grad()
+    def predict_prepared(self, observations: Sequence[PreparedObservation],
+                         spec: FutureMaskSpec | None = None) -> list[ActionResult]:
+        """``predict`` for observations that ``prepare`` has checked already."""
         spec = spec or FutureMaskSpec.parse(self.config.default_mask)
         start = time.perf_counter()
         inputs = self.encode(observations)
@@ -200,7 +262,7 @@ class VLAPolicy:
         return [ActionResult(self.actions.decode(t).reshape(shape), t, dict(timings)) for t in tokens]
 
     @staticmethod
-    def _choose(logits: torch.Tensor, observations: Sequence[Observation]) -> torch.Tensor:
+    def _choose(logits: torch.Tensor, observations: Sequence[PreparedObservation]) -> torch.Tensor:
         """(B, 1) indices into the action-token range."""
         token = logits.argmax(-1, keepdim=True)
         for row, observation in enumerate(observations):

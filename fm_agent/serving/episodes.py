@@ -1,4 +1,9 @@
-"""Live episodes: a bounded frame history each, a cap on how many, an idle timeout."""
+"""Live episodes: a bounded frame history each, a cap on how many, an idle timeout.
+
+An episode holds at most ``history`` frames, each fitted to the model's image size when it arrived,
+so its memory is ``history * cameras * S * S * 3`` bytes whatever clients send, and the store holds
+at most ``max_episodes`` of them.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-import torch
-
 from ..attention import FutureMaskSpec
 from .errors import RequestError
+from .limits import shorten
 
 
 @dataclass
@@ -22,10 +26,9 @@ class Episode:
     id: str
     instruction: str
     spec: FutureMaskSpec
-    history: deque  # of {camera: (H, W, 3) uint8}, oldest first, at most the model's history length
-    seed: int = 0
+    history: deque  # of {camera: (S, S, 3) uint8}, oldest first, at most the model's history length
+    seed: int = 0  # step i samples from step_generator(seed, i): refused or cancelled calls shift nothing
     temperature: float = 0.0  # action sampling; 0 = greedy
-    generator: torch.Generator | None = None  # the episode's own sampling stream, seeded by ``seed``
     steps: int = 0
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one step at a time per episode
@@ -44,14 +47,13 @@ class EpisodeStore:
         return len(self._episodes)
 
     def start(self, instruction: str, spec: FutureMaskSpec, seed: int = 0, temperature: float = 0.0) -> Episode:
-        self.evict_idle()
+        """A new episode; the caller evicts idle ones first (and logs them)."""
         if len(self._episodes) >= self.max_episodes:
             raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"{self.max_episodes} episodes are live; end one (EndEpisode) or wait for the "
                                f"{self.idle_timeout_s:.0f} s idle timeout")
         seed = seed or secrets.randbits(63)
-        generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
-        episode = Episode(uuid.uuid4().hex, instruction, spec, deque(maxlen=self.history), seed, temperature, generator)
+        episode = Episode(uuid.uuid4().hex, instruction, spec, deque(maxlen=self.history), seed, temperature)
         self._episodes[episode.id] = episode
         return episode
 
@@ -59,7 +61,7 @@ class EpisodeStore:
         episode = self._episodes.get(episode_id)
         if episode is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"unknown episode {episode_id!r} (never started, ended, or evicted after "
+                               f"unknown episode {shorten(episode_id)} (never started, ended, or evicted after "
                                f"{self.idle_timeout_s:.0f} s idle)")
         episode.last_used = time.monotonic()
         return episode

@@ -1,36 +1,46 @@
 """``PolicyService`` over grpc.aio, with the standard health and reflection services.
 
-A request's path: ``Act`` -> :func:`codec.decode_observation` (validation) -> the episode's history
-plus the new frame -> :class:`batching.ModelWorker` (micro-batched ``VLAPolicy.predict``) -> the
-frame is committed to the history only once the action exists, so a refused or failed request
-leaves the episode exactly as it was.
+A request's path: ``Act`` -> (decoder thread) :func:`codec.decode_observation`, each camera fitted
+to the model's size, ``VLAPolicy.prepare`` -> :class:`batching.ModelWorker` (micro-batched
+``VLAPolicy.predict_prepared``) -> the frame is committed to the history only once the action
+exists, so a refused, cancelled or failed request leaves the episode exactly as it was.
+
+The event loop only routes: anything whose cost grows with the input (image decoding, resizing,
+prompt building) runs in a small decoder pool, and the model in its own thread. Every size a
+request controls is bounded by :class:`limits.Limits` before work starts; unparseable messages are
+``INVALID_ARGUMENT``; the server's own faults are ``INTERNAL`` with an opaque error id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from .. import __version__
 from ..attention import MASK_KINDS, FutureMaskSpec
-from ..model import Observation, VLAPolicy
+from ..model import Observation, PreparedObservation, VLAPolicy, step_generator
+from ..model.text_tokenizer import words
 from ..v1 import policy_pb2 as pb
-from ..v1 import policy_pb2_grpc as pb_grpc
-from .batching import ModelWorker
+from .batching import ModelWorker, QueueFull
 from .codec import decode_observation, spec_from_message, spec_to_message
-from .episodes import EpisodeStore
-from .errors import RequestError, invalid
+from .episodes import Episode, EpisodeStore
+from .errors import ErrorReporter, RequestError, invalid
+from .limits import Limits
+from .reflection import enable_reflection
 
 MAX_TEMPERATURE = 100.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PolicyService"].full_name
@@ -52,18 +62,61 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     model_name: str = ""
+    limits: Limits = field(default_factory=Limits)
+    decode_threads: int = 2  # image decoding and request preparation, off the event loop
 
 
-class PolicyServicer(pb_grpc.PolicyServiceServicer):
+class PortInUse(RuntimeError):
+    """The address is taken: serving beside another server would split clients between the two."""
+
+
+class Malformed:
+    """Stands in for a request whose bytes are not a valid message of its type."""
+
+    def __init__(self, type_name: str, error: Exception) -> None:
+        self.type_name, self.error = type_name, error
+
+
+def tolerant(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that hands unparseable bytes to the handler instead of failing the call
+    with UNKNOWN (and a traceback in the log per request)."""
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, RuntimeError, ValueError) as error:
+            return Malformed(message_type.DESCRIPTOR.name, error)
+
+    return parse
+
+
+def _well_formed(request: Any) -> Any:
+    if isinstance(request, Malformed):
+        raise invalid(f"the request bytes are not a valid fm_agent.v1.{request.type_name} message")
+    return request
+
+
+class PolicyServicer:
     def __init__(self, policy: VLAPolicy, settings: ServerSettings) -> None:
-        self.policy, self.settings = policy, settings
+        self.policy, self.settings, self.limits = policy, settings, settings.limits
         self.default_spec = FutureMaskSpec.parse(settings.default_mask)
         self.episodes = EpisodeStore(policy.config.history, settings.max_episodes, settings.idle_timeout_s)
-        self.worker = ModelWorker(policy, settings.max_batch, settings.batch_window_ms)
+        self.worker = ModelWorker(policy, settings.max_batch, settings.batch_window_ms,
+                                  settings.limits.max_queued_requests)
+        self.decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="fm-agent-decode")
+        self.max_instruction_words = settings.limits.instruction_words(policy.prompt_capacity())
+        self.errors = ErrorReporter(log)
+
+    def close(self) -> None:
+        self.worker.close()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
 
     # -- unary handlers ---------------------------------------------------------------------------
     async def GetInfo(self, request, context) -> pb.PolicyInfo:
-        cfg, actions = self.policy.config, self.policy.actions
+        return await self._guard(context, self._info(request), "GetInfo")
+
+    async def _info(self, request) -> pb.PolicyInfo:
+        _well_formed(request)
+        cfg, actions, limits = self.policy.config, self.policy.actions, self.limits
         space = pb.ActionSpace(kind=actions.kind, dims=actions.dims, chunk=actions.chunk)
         if actions.kind == "continuous":
             space.low.extend(actions.clip_low)
@@ -75,18 +128,37 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
             cameras=[pb.CameraSpec(name=c, height=cfg.image_size, width=cfg.image_size) for c in cfg.cameras],
             history=cfg.history, proprio_dim=cfg.proprio_dim, available_masks=list(MASK_KINDS),
             default_mask=spec_to_message(self.default_spec), max_message_bytes=self.settings.max_message_bytes,
-            default_temperature=self.policy.config.temperature)
+            default_temperature=self.policy.config.temperature,
+            limits=pb.ServerLimits(max_instruction_chars=limits.max_instruction_chars,
+                                   max_instruction_words=self.max_instruction_words,
+                                   max_image_pixels=limits.max_image_pixels, max_image_side=limits.max_image_side,
+                                   max_queued_requests=limits.max_queued_requests))
 
     async def StartEpisode(self, request, context) -> pb.StartEpisodeResponse:
-        return await self._guard(context, self._start(request))
+        return await self._guard(context, self._start(request), "StartEpisode")
+
+    def _check_instruction(self, instruction: str) -> int:
+        """The prompt's length for ``instruction``, which must fit the limits."""
+        if len(instruction) > self.limits.max_instruction_chars:
+            raise invalid(f"the instruction has {len(instruction)} characters, the server's limit is "
+                          f"{self.limits.max_instruction_chars} (max_instruction_chars)")
+        if not instruction.strip():
+            raise invalid("instruction is missing")
+        count = len(words(instruction))
+        if count > self.max_instruction_words:
+            raise invalid(f"the instruction has {count} words, the limit is {self.max_instruction_words} "
+                          f"(max_instruction_words: what the model's context holds beside frames and actions)")
+        proprio = np.zeros(self.policy.config.proprio_dim) if self.policy.config.proprio_dim else None
+        return len(self.policy.prompt_ids(instruction, proprio))
 
     async def _start(self, request) -> pb.StartEpisodeResponse:
-        if not request.instruction.strip():
-            raise invalid("instruction is missing")
-        spec = spec_from_message(request.mask, self.default_spec)
+        _well_formed(request)
+        prompt_length = self._check_instruction(request.instruction)
+        spec = spec_from_message(request.mask, self.default_spec, prompt_length)
         temperature = request.temperature if request.HasField("temperature") else self.policy.config.temperature
         if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
             raise invalid(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {temperature}")
+        self._evict()
         episode = self.episodes.start(request.instruction, spec, request.seed, temperature)
         log.info(json.dumps({"event": "start_episode", "episode": episode.id, "mask": spec.label,
                              "temperature": temperature}))
@@ -94,40 +166,52 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
 
     async def EndEpisode(self, request, context) -> pb.EndEpisodeResponse:
         async def end() -> pb.EndEpisodeResponse:
-            episode = self.episodes.end(request.episode_id)
+            episode = self.episodes.end(_well_formed(request).episode_id)
             log.info(json.dumps({"event": "end_episode", "episode": episode.id, "steps": episode.steps}))
             return pb.EndEpisodeResponse(steps=episode.steps)
 
-        return await self._guard(context, end())
+        return await self._guard(context, end(), "EndEpisode")
 
     async def Act(self, request, context) -> pb.ActResponse:
-        return await self._guard(context, self._act(request, context))
+        return await self._guard(context, self._act(request, context), "Act")
 
     async def StreamAct(self, request_iterator, context) -> AsyncIterator[pb.ActResponse]:
         async for request in request_iterator:
-            try:
-                yield await self._act(request, context)
-            except RequestError as error:
-                await context.abort(error.code, str(error))
+            yield await self._guard(context, self._act(request, context), "StreamAct")
 
     # -- the step ---------------------------------------------------------------------------------
+    def _prepare(self, request: pb.ActRequest, episode: Episode) -> tuple[dict, PreparedObservation]:
+        """Decode, fit and check one request (in a decoder thread, under the episode's lock)."""
+        cfg = self.policy.config
+        frame, proprio = decode_observation(request.observation, cfg.cameras, cfg.proprio_dim, self.limits)
+        try:
+            frame = self.policy.check_frame(frame)
+            generator = step_generator(episode.seed, episode.steps) if episode.temperature > 0 else None
+            observation = Observation(episode.frames_with(frame), episode.instruction, proprio,
+                                      episode.temperature, generator)
+            return frame, self.policy.prepare(observation)
+        except ValueError as error:
+            raise invalid(str(error)) from None
+
     async def _act(self, request, context) -> pb.ActResponse:
         received = time.perf_counter()
-        episode = self.episodes.get(request.episode_id)
-        cfg = self.policy.config
-        frame, proprio = decode_observation(request.observation, cfg.cameras, cfg.proprio_dim)
+        episode = self.episodes.get(_well_formed(request).episode_id)
+        stalled = self.worker.busy_for()
+        if stalled > self.limits.stall_timeout_s:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               f"the model worker has made no progress for {stalled:.0f} s; retry later")
         remaining = context.time_remaining() if context is not None else None
         deadline = time.monotonic() + remaining if remaining is not None else None
+        loop = asyncio.get_running_loop()
         async with episode.lock:
-            frames = episode.frames_with(frame)
+            frame, prepared = await loop.run_in_executor(self.decoder, self._prepare, request, episode)
             decoded = time.perf_counter()
             try:
-                observation = Observation(frames, episode.instruction, proprio, episode.temperature, episode.generator)
-                batched = await self.worker.submit(observation, episode.spec, deadline)
+                batched = await self.worker.submit(prepared, episode.spec, deadline)
             except TimeoutError as error:
                 raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(error)) from None
-            except ValueError as error:
-                raise invalid(str(error)) from None
+            except QueueFull as error:
+                raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
             episode.history.append(frame)  # committed only now: a failed step leaves the episode unchanged
             step = episode.steps
             episode.steps += 1
@@ -147,34 +231,72 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         latency.server_ms = (time.perf_counter() - received) * 1e3
         return response
 
-    async def _guard(self, context, coroutine):
-        """Turn RequestError into its gRPC status; anything else is INTERNAL, and the server keeps serving."""
+    async def _guard(self, context, coroutine, where: str):
+        """RequestError -> its gRPC status; anything else -> INTERNAL with an error id (details in the log)."""
         try:
             return await coroutine
         except RequestError as error:
             await context.abort(error.code, str(error))
+        except asyncio.CancelledError:
+            raise
         except Exception as error:  # noqa: BLE001
-            log.exception("request failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+            internal = self.errors.internal(error, where)
+            await context.abort(internal.code, str(internal))
+
+    # -- housekeeping -----------------------------------------------------------------------------
+    def _evict(self) -> None:
+        for episode_id in self.episodes.evict_idle():
+            log.info(json.dumps({"event": "evicted", "episode": episode_id}))
 
     async def evict_forever(self, period_s: float) -> None:
         while True:
             await asyncio.sleep(period_s)
-            for episode_id in self.episodes.evict_idle():
-                log.info(json.dumps({"event": "evicted", "episode": episode_id}))
+            self._evict()
+
+    async def watch_worker(self, health_servicer: Any, period_s: float = 0.25) -> None:
+        """Health follows the model worker: NOT_SERVING while a batch runs past the stall timeout."""
+        serving = True
+        while True:
+            await asyncio.sleep(period_s)
+            stalled = self.worker.busy_for() > self.limits.stall_timeout_s
+            if stalled == serving:
+                serving = not stalled
+                status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ("", SERVICE_NAME):
+                    await health_servicer.set(name, status)
+                log.warning(json.dumps({"event": "worker_recovered" if serving else "worker_stalled",
+                                        "stall_timeout_s": self.limits.stall_timeout_s}))
+
+
+def _service_handler(servicer: PolicyServicer) -> grpc.GenericRpcHandler:
+    def unary(method, request_type, response_type):
+        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=tolerant(request_type),
+                                                   response_serializer=response_type.SerializeToString)
+
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "GetInfo": unary(servicer.GetInfo, pb.GetInfoRequest, pb.PolicyInfo),
+        "StartEpisode": unary(servicer.StartEpisode, pb.StartEpisodeRequest, pb.StartEpisodeResponse),
+        "EndEpisode": unary(servicer.EndEpisode, pb.EndEpisodeRequest, pb.EndEpisodeResponse),
+        "Act": unary(servicer.Act, pb.ActRequest, pb.ActResponse),
+        "StreamAct": grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAct, request_deserializer=tolerant(pb.ActRequest),
+            response_serializer=pb.ActResponse.SerializeToString),
+    })
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Rejects calls without ``authorization: Bearer <token>``; health checks stay open for probes."""
 
     def __init__(self, token: str) -> None:
-        self._token = f"Bearer {token}"
+        self._token = f"Bearer {token}".encode()
 
     async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith("/grpc.health.v1.Health/"):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == self._token:
+        given = metadata.get("authorization", "")
+        given = given.encode() if isinstance(given, str) else bytes(given)
+        if hmac.compare_digest(given, self._token):  # constant time: no timing oracle on the token
             return await continuation(handler_call_details)
 
         async def deny(request, context):
@@ -183,44 +305,74 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
+class PolicyServer:
+    """A started server and its background tasks; ``serve`` runs one until a signal."""
+
+    def __init__(self, policy: VLAPolicy, settings: ServerSettings) -> None:
+        self.settings = settings
+        options = [("grpc.max_receive_message_length", settings.max_message_bytes),
+                   ("grpc.max_send_message_length", settings.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]  # a second server on a busy port must fail, not share it
+        interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
+        self.server = grpc.aio.server(options=options, interceptors=interceptors,
+                                      maximum_concurrent_rpcs=settings.limits.max_concurrent_rpcs)
+        self.servicer = PolicyServicer(policy, settings)
+        self.server.add_generic_rpc_handlers((_service_handler(self.servicer),))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        enable_reflection([SERVICE_NAME, health.SERVICE_NAME], self.server)
+        self.port = 0
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> int:
+        settings = self.settings
+        address = f"{settings.host}:{settings.port}"
+        try:
+            if settings.tls_cert and settings.tls_key:
+                credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(),
+                                                            settings.tls_cert.read_bytes())])
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            self.servicer.close()
+            raise PortInUse(f"cannot listen on {address}: the port is in use (another server?) or the "
+                            "address is not this machine's; choose another --port or stop the other server")
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        period = max(1.0, min(30.0, settings.idle_timeout_s / 4))
+        self._tasks = [asyncio.create_task(self.servicer.evict_forever(period)),
+                       asyncio.create_task(self.servicer.watch_worker(self.health))]
+        log.info(json.dumps({"event": "serving", "address": f"{settings.host}:{self.port}",
+                             "model": settings.model_name, "default_mask": self.servicer.default_spec.label}))
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight calls finish (up to the grace period), free the worker."""
+        log.info(json.dumps({"event": "draining", "grace_s": self.settings.grace_s}))
+        for task in self._tasks:
+            task.cancel()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(self.settings.grace_s)
+        self.servicer.close()
+        log.info(json.dumps({"event": "stopped"}))
+
+
 async def serve(policy: VLAPolicy, settings: ServerSettings, ready: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight calls, return 0."""
-    options = [("grpc.max_receive_message_length", settings.max_message_bytes),
-               ("grpc.max_send_message_length", settings.max_message_bytes)]
-    interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
-    servicer = PolicyServicer(policy, settings)
-    pb_grpc.add_PolicyServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-    address = f"{settings.host}:{settings.port}"
-    if settings.tls_cert and settings.tls_key:
-        credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
-        port = server.add_secure_port(address, credentials)
-    else:
-        port = server.add_insecure_port(address)
-    if port == 0:
-        raise RuntimeError(f"cannot listen on {address}")
-    await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(json.dumps({"event": "serving", "address": f"{settings.host}:{port}", "model": settings.model_name,
-                         "default_mask": servicer.default_spec.label}))
+    server = PolicyServer(policy, settings)
+    port = await server.start()
     print(f"fm-agent serving {settings.model_name or 'policy'} on {settings.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    evictor = asyncio.create_task(servicer.evict_forever(max(1.0, min(30.0, settings.idle_timeout_s / 4))))
     if ready is not None:
         ready.set()
     await stop.wait()
-    log.info(json.dumps({"event": "draining", "grace_s": settings.grace_s}))
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    evictor.cancel()
-    await server.stop(settings.grace_s)  # new calls refused; in-flight ones finish
-    servicer.worker.close()
-    log.info(json.dumps({"event": "stopped"}))
+    await server.stop()
     return 0

@@ -37,6 +37,20 @@ class CameraSpec(_message.Message):
     width: int
     def __init__(self, name: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
+class ServerLimits(_message.Message):
+    __slots__ = ("max_instruction_chars", "max_instruction_words", "max_image_pixels", "max_image_side", "max_queued_requests")
+    MAX_INSTRUCTION_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INSTRUCTION_WORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    max_instruction_chars: int
+    max_instruction_words: int
+    max_image_pixels: int
+    max_image_side: int
+    max_queued_requests: int
+    def __init__(self, max_instruction_chars: _Optional[int] = ..., max_instruction_words: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., max_image_side: _Optional[int] = ..., max_queued_requests: _Optional[int] = ...) -> None: ...
+
 class ActionSpace(_message.Message):
     __slots__ = ("kind", "dims", "low", "high", "num_actions", "chunk")
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -54,7 +68,7 @@ class ActionSpace(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., dims: _Optional[int] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., num_actions: _Optional[int] = ..., chunk: _Optional[int] = ...) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("model_name", "model_version", "action_space", "cameras", "history", "proprio_dim", "available_masks", "default_mask", "max_message_bytes", "default_temperature")
+    __slots__ = ("model_name", "model_version", "action_space", "cameras", "history", "proprio_dim", "available_masks", "default_mask", "max_message_bytes", "default_temperature", "limits")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTION_SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +79,7 @@ class PolicyInfo(_message.Message):
     DEFAULT_MASK_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     action_space: ActionSpace
@@ -75,7 +90,8 @@ class PolicyInfo(_message.Message):
     default_mask: MaskOptions
     max_message_bytes: int
     default_temperature: float
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., action_space: _Optional[_Union[ActionSpace, _Mapping]] = ..., cameras: _Optional[_Iterable[_Union[CameraSpec, _Mapping]]] = ..., history: _Optional[int] = ..., proprio_dim: _Optional[int] = ..., available_masks: _Optional[_Iterable[str]] = ..., default_mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., default_temperature: _Optional[float] = ...) -> None: ...
+    limits: ServerLimits
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., action_space: _Optional[_Union[ActionSpace, _Mapping]] = ..., cameras: _Optional[_Iterable[_Union[CameraSpec, _Mapping]]] = ..., history: _Optional[int] = ..., proprio_dim: _Optional[int] = ..., available_masks: _Optional[_Iterable[str]] = ..., default_mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., default_temperature: _Optional[float] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ...) -> None: ...
 
 class StartEpisodeRequest(_message.Message):
     __slots__ = ("instruction", "mask", "seed", "temperature")
