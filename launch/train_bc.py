@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-order", choices=["frames_first", "instruction_first"], default="frames_first",
                         help="where the instruction goes: after the frames (LLaVA's order; the future-aware masks "
                         "let image tokens see it) or before them (image tokens see it under the causal mask too)")
+    parser.add_argument("--action-head", choices=["autoregressive", "parallel"], default="autoregressive",
+                        help="decode the chunk's action tokens one by one, or read them all off placeholders in "
+                             "the prompt's forward (one forward per control step)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             env_family=args.preset, cameras=cameras, image_size=args.image_size or preset["image_size"],
             history=args.history or preset["history"], action_tokenizer=action_tokenizer.to_dict(),
             history_stride=args.history_stride or chunk,
-            prompt_order=args.prompt_order,
+            prompt_order=args.prompt_order, action_head=args.action_head,
             proprio_dim=proprio_dim, proprio_low=proprio_low, proprio_high=proprio_high,
             backbone=BackboneShape(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
                                    intermediate=int(args.hidden * 8 / 3) // 16 * 16, patch_size=preset["patch"]),

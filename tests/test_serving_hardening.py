@@ -285,3 +285,16 @@ def test_a_busy_port_is_an_error_at_start(server, checkpoint) -> None:
                              "--port", port, "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert second.returncode == 2 and "in use" in second.stderr, second.stderr[-2000:]
     assert health_of(server.address) == SERVING
+
+
+def test_soak_benchmark_runs_and_reports(checkpoint, tmp_path) -> None:
+    """The soak script end to end, briefly: valid traffic never fails, hostile traffic is refused as such."""
+    from fm_agent.profiling.soak import SoakSettings, format_report, run_soak
+
+    report = run_soak(SoakSettings(checkpoint=checkpoint, episodes=2, seconds=3, bad_fraction=0.5, image_size=32,
+                                   out=tmp_path))
+    assert report["valid"]["ok"] > 0 and report["valid"]["failed"] == {}
+    assert report["bad"]["sent"] > 0 and report["bad"]["not_a_client_error"] == {}
+    assert report["health"]["not_serving"] == {} and report["health"]["latency_ms"]["n"] > 0
+    assert report["server_rss_mb"]["after"] > 0 and report["server_rss_mb"]["timeline"]
+    assert "RPCs" in format_report(report)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 POLICY_FILE = "fm_agent_policy.json"
 PROMPT_ORDERS = ("frames_first", "instruction_first")
+ACTION_HEADS = ("autoregressive", "parallel")
 
 
 @dataclass
@@ -44,6 +45,13 @@ class VLAConfig:
     the server keeps are ``chunk`` steps apart; training on consecutive frames instead would show the
     model a motion between frames four times smaller than the one it meets when deployed.
     ``launch/train_bc.py`` sets it to the chunk; checkpoints without the field were trained with 1.
+
+    ``action_head``: ``"autoregressive"`` (the default, and every checkpoint without the field)
+    decodes the chunk's action tokens one by one, one cached forward each. ``"parallel"`` (as
+    OpenVLA-OFT does) appends one ``<query>`` placeholder per action token after ``<action>`` and
+    reads every action token off its placeholder in the same forward as the prompt: a control step
+    costs one forward, whatever the chunk. Placeholders carry no information, so visual rows that a
+    future-aware mask lets see them learn nothing about the targets, which never enter the input.
     """
 
     env_family: str  # "babyai" | "libero"
@@ -60,11 +68,14 @@ class VLAConfig:
     default_mask: str = "causal"
     prompt_order: str = "frames_first"  # or "instruction_first"; checkpoints without the field are frames-first
     temperature: float = 0.0  # action sampling temperature used when a caller does not choose one (0 = greedy)
+    action_head: str = "autoregressive"  # or "parallel": the whole chunk from one forward
     training: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.history_stride < 1:
             raise ValueError(f"history_stride must be >= 1, got {self.history_stride}")
+        if self.action_head not in ACTION_HEADS:
+            raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
         if self.prompt_order not in PROMPT_ORDERS:
             raise ValueError(f"prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
 

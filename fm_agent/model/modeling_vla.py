@@ -25,7 +25,8 @@ from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
 from ..attention.generation import decode_one_token, prefill
 from .action_tokenizer import ActionTokenizer
 from .configuration_vla import VLAConfig
-from .text_tokenizer import ACTION, BOS, FRAME, IMAGE, INSTRUCTION, PROPRIO, build_tokenizer, proprio_token, words
+from .text_tokenizer import (ACTION, BOS, FRAME, IMAGE, INSTRUCTION, PROPRIO, QUERY, build_tokenizer, proprio_token,
+                             words)
 
 Frame = Mapping[str, np.ndarray]  # camera name -> (H, W, 3) uint8
 
@@ -115,8 +116,15 @@ class VLAPolicy:
         self.config = config
         self.actions = ActionTokenizer.from_dict(config.action_tokenizer)
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
-        self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS, FRAME, INSTRUCTION, PROPRIO, ACTION)}
+        self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS, FRAME, INSTRUCTION, PROPRIO, ACTION, QUERY)}
         self._proprio_base = tokenizer.convert_tokens_to_ids(proprio_token(0))
+        if self.parallel and self._ids[QUERY] in (None, tokenizer.unk_token_id):
+            raise ValueError(f"action_head 'parallel' needs the {QUERY} token, which this checkpoint's tokenizer lacks")
+
+    @property
+    def parallel(self) -> bool:
+        """True when one forward yields the whole chunk (``VLAConfig.action_head == "parallel"``)."""
+        return self.config.action_head == "parallel"
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -165,6 +173,8 @@ class VLAPolicy:
             ids.append(self._ids[PROPRIO])
             ids += (self._proprio_bins(proprio) + self._proprio_base).tolist()
         ids.append(self._ids[ACTION])
+        if self.parallel:
+            ids += [self._ids[QUERY]] * self.actions.tokens_per_call
         return ids
 
     def _proprio_bins(self, proprio: np.ndarray | None) -> np.ndarray:
@@ -199,7 +209,7 @@ class VLAPolicy:
         decoded action tokens (the bound a server puts on instructions)."""
         context = self.model.config.get_text_config().max_position_embeddings
         fixed = len(self.prompt_ids("x", np.zeros(self.config.proprio_dim) if self.config.proprio_dim else None)) - 1
-        return context - fixed - self.actions.tokens_per_call
+        return context - fixed - (0 if self.parallel else self.actions.tokens_per_call)
 
     def prepare(self, observation: Observation) -> PreparedObservation:
         """Validate one observation and build its model inputs; raises ValueError saying what is wrong."""
@@ -241,6 +251,8 @@ class VLAPolicy:
         context = FutureAttention(spec, visual)
         t_pre = time.perf_counter()
         model_inputs = {"pixel_values": inputs["pixel_values"]}
+        if self.parallel:
+            return self._predict_parallel(observations, inputs, context, start, t_pre)
         logits, cache = prefill(self.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                 **model_inputs)
         t_prefill = time.perf_counter()
@@ -258,6 +270,25 @@ class VLAPolicy:
         tokens = torch.cat(chosen, dim=-1).numpy()
         timings = {"preprocess_ms": (t_pre - start) * 1e3, "prefill_ms": (t_prefill - t_pre) * 1e3,
                    "decode_ms": (end - t_prefill) * 1e3, "total_ms": (end - start) * 1e3}
+        return self._results(tokens, timings)
+
+    def _predict_parallel(self, observations: Sequence[PreparedObservation], inputs: dict[str, torch.Tensor],
+                          context: FutureAttention, start: float, t_pre: float) -> list[ActionResult]:
+        """One forward over prompt + placeholders; action token j is read off placeholder j."""
+        n = self.actions.tokens_per_call
+        out = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                         pixel_values=inputs["pixel_values"], use_cache=False, future_attention=context,
+                         logits_to_keep=n)
+        t_forward = time.perf_counter()
+        lo, hi = self.actions.token_range()
+        logits = out.logits[:, -n:, lo:hi]  # (B, n, actions)
+        tokens = torch.cat([self._choose(logits[:, j], observations) for j in range(n)], dim=-1) + lo
+        end = time.perf_counter()
+        return self._results(tokens.numpy(), {"preprocess_ms": (t_pre - start) * 1e3,
+                                              "prefill_ms": (t_forward - t_pre) * 1e3,
+                                              "decode_ms": (end - t_forward) * 1e3, "total_ms": (end - start) * 1e3})
+
+    def _results(self, tokens: np.ndarray, timings: dict[str, float]) -> list[ActionResult]:
         shape = (self.actions.chunk, self.actions.dims) if self.actions.kind == "continuous" else (self.actions.chunk,)
         return [ActionResult(self.actions.decode(t).reshape(shape), t, dict(timings)) for t in tokens]
 

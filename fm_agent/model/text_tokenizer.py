@@ -16,7 +16,8 @@ from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 IMAGE, FRAME, INSTRUCTION, PROPRIO, ACTION = "<image>", "<frame>", "<instruction>", "<proprio>", "<action>"
-SPECIAL = [PAD, BOS, EOS, UNK, IMAGE, FRAME, INSTRUCTION, PROPRIO, ACTION]
+QUERY = "<query>"  # an action placeholder of the parallel head: one per action token, all predicted in one pass
+SPECIAL = [PAD, BOS, EOS, UNK, IMAGE, FRAME, INSTRUCTION, PROPRIO, ACTION, QUERY]
 WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 

@@ -52,7 +52,9 @@ class TrainLog:
 
 
 def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Sequence[Sample]) -> dict:
-    """Prompt + target action tokens; labels are -100 except on the targets."""
+    """Autoregressive head: prompt + target action tokens, labels -100 except on the targets (teacher
+    forcing). Parallel head: the prompt alone (it ends in the placeholders), and ``targets``; the
+    targets never enter the input."""
     cfg, actions = policy.config, policy.actions
     observations, targets = [], []
     for s in samples:
@@ -62,6 +64,8 @@ def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Se
         targets.append(actions.encode(action_chunk(e, s.step, actions.chunk)))
     inputs = policy.encode(observations)
     target = torch.tensor(np.stack(targets))
+    if policy.parallel:
+        return {**inputs, "targets": target, "visual": inputs["input_ids"] == policy.image_token_id}
     prompt_len = inputs["input_ids"].shape[1]
     input_ids = torch.cat([inputs["input_ids"], target], dim=1)
     attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(target)], dim=1)
@@ -99,10 +103,17 @@ def random_shift(pixels: torch.Tensor, samples: int, history: int, cameras: int,
 def forward_loss(policy: VLAPolicy, batch: dict, spec: FutureMaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and per-sample exact-match of the greedy action tokens (constrained to the action range)."""
     context = FutureAttention(spec, batch["visual"])
-    out = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       pixel_values=batch["pixel_values"], labels=batch["labels"], future_attention=context)
     n = policy.actions.tokens_per_call
     lo, hi = policy.actions.token_range()
+    if policy.parallel:  # action token j is read off placeholder j, the last n positions
+        out = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           pixel_values=batch["pixel_values"], future_attention=context, logits_to_keep=n)
+        targets = batch["targets"]
+        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
+        correct = ((out.logits[..., lo:hi].argmax(-1) + lo) == targets).all(-1)
+        return loss, correct
+    out = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"], labels=batch["labels"], future_attention=context)
     predicted = out.logits[:, -n - 1:-1, lo:hi].argmax(-1) + lo
     correct = (predicted == batch["labels"][:, -n:]).all(-1)
     return out.loss, correct

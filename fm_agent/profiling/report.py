@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/libero_spatial"),
                         help="with --grpc: the policy to serve")
     parser.add_argument("--grpc-repeats", type=int, default=50)
+    parser.add_argument("--step", action="store_true",
+                        help="instead: one control step (vision / prefill / decode) against one forward, per chunk "
+                             "length, autoregressive vs parallel action head, on --checkpoint's shape")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="with --step")
+    parser.add_argument("--step-repetitions", type=int, default=15, help="with --step")
 
 
 def settings_from(args: argparse.Namespace) -> ProfileSettings:
@@ -105,6 +110,10 @@ def main(args: argparse.Namespace) -> int:
         from .transport import main as transport_main
 
         return transport_main(args.checkpoint, args.out, args.grpc_repeats)
+    if args.step:
+        from .step import main as step_main
+
+        return step_main(args.checkpoint, args.out, tuple(args.chunks), args.step_repetitions, args.threads)
     settings = settings_from(args)
     samples = run_profile(settings, progress=lambda it: tqdm(list(it), desc="profiling", unit="run"))
     rows = summarise(samples)

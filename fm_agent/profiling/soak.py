@@ -164,11 +164,16 @@ def _soak(address: str, settings: SoakSettings, pid: int | None, progress) -> di
 
     health_ms: list[float] = []
     health_bad = Counter()
+    rss_timeline: list[tuple[float, float]] = []  # (seconds into the run, MB): growth vs plateau
 
     def health_loop() -> None:
+        next_rss = time.monotonic()
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < stop_at:
+                if pid and time.monotonic() >= next_rss:
+                    rss_timeline.append((round(time.monotonic() - run_start, 1), _rss_mb(pid)))
+                    next_rss += 10.0
                 started = time.perf_counter()
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status
                 health_ms.append((time.perf_counter() - started) * 1e3)
@@ -178,14 +183,14 @@ def _soak(address: str, settings: SoakSettings, pid: int | None, progress) -> di
 
     threads = [threading.Thread(target=episode_loop, args=(i,)) for i in range(settings.episodes)]
     threads.append(threading.Thread(target=health_loop))
-    started = time.monotonic()
+    run_start = time.monotonic()
     for thread in threads:
         thread.start()
     while any(t.is_alive() for t in threads):
         time.sleep(1.0)
         if progress:
-            progress(min(1.0, (time.monotonic() - started) / settings.seconds))
-    elapsed = time.monotonic() - started
+            progress(min(1.0, (time.monotonic() - run_start) / settings.seconds))
+    elapsed = time.monotonic() - run_start
     time.sleep(1.0)
     bad_total = sum(sum(c.values()) for c in bad_outcomes.values())
     misclassified = {name: {k: v for k, v in c.items() if k not in CLIENT_ERRORS}
@@ -199,7 +204,7 @@ def _soak(address: str, settings: SoakSettings, pid: int | None, progress) -> di
         "bad": {"sent": bad_total, "by_class": {k: dict(v) for k, v in bad_outcomes.items()},
                 "not_a_client_error": {k: v for k, v in misclassified.items() if v}},
         "health": {"latency_ms": _percentiles(health_ms), "not_serving": dict(health_bad)},
-        "server_rss_mb": {"before": rss_before, "after": _rss_mb(pid) if pid else None},
+        "server_rss_mb": {"before": rss_before, "after": _rss_mb(pid) if pid else None, "timeline": rss_timeline},
     }
 
 
@@ -215,7 +220,8 @@ def format_report(report: dict) -> str:
              f"max {health['latency_ms'].get('max', float('nan')):.2f} ms; not SERVING: {health['not_serving'] or 'never'}"]
     rss = report["server_rss_mb"]
     if rss["before"] is not None:
-        lines.append(f"  server RSS {rss['before']:.0f} MB before, {rss['after']:.0f} MB after")
+        lines.append(f"  server RSS {rss['before']:.0f} MB before, {rss['after']:.0f} MB after; every 10 s: "
+                     + " ".join(f"{mb:.0f}" for _, mb in rss["timeline"]))
     for name, outcomes in sorted(bad["by_class"].items()):
         lines.append(f"    {name:22} {outcomes}")
     return "\n".join(lines)

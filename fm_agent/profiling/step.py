@@ -1,0 +1,145 @@
+"""What one control step costs, and how that grows with the chunk: autoregressive vs parallel head.
+
+For each chunk length a policy of the shipped LIBERO checkpoint's shape (random weights: latency
+does not depend on them) is built with each action head. Measured in one run, interleaved, with one
+intra-op thread: the whole ``predict`` step, its vision / prefill / decode parts, and one plain
+forward over the autoregressive prompt (the floor a step is read against: ``step / forward``).
+
+    fm-agent profile --step --chunks 1 4 8 16 --out runs/step
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..attention import FutureMaskSpec, MergeOptions
+from ..model import ActionTokenizer, Observation, VLAConfig, VLAPolicy
+
+HEADS = ("autoregressive", "parallel")
+SPECS = {"causal": FutureMaskSpec(), "Mf+merge": FutureMaskSpec("Mf", merge=MergeOptions())}
+INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
+
+
+def shaped_like(checkpoint: Path, chunk: int, head: str) -> VLAPolicy:
+    """A random-weight policy with ``checkpoint``'s shape, cameras and prompt, ``chunk`` actions per call."""
+    shape = VLAConfig.load(checkpoint)
+    rng = np.random.default_rng(0)
+    actions = ActionTokenizer.fit(rng.uniform(-1, 1, (1000, 7)), bins=256, chunk=chunk)
+    config = VLAConfig(env_family=shape.env_family, cameras=shape.cameras, image_size=shape.image_size,
+                       history=shape.history, action_tokenizer=actions.to_dict(), proprio_dim=shape.proprio_dim,
+                       proprio_low=[-1.0] * shape.proprio_dim, proprio_high=[1.0] * shape.proprio_dim,
+                       backbone=shape.backbone, action_head=head)
+    return VLAPolicy.create(config, [INSTRUCTION], seed=0)
+
+
+def _observation(policy: VLAPolicy) -> Observation:
+    rng = np.random.default_rng(1)
+    size = policy.config.image_size
+    frames = [{c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in policy.config.cameras}
+              for _ in range(policy.config.history)]
+    return Observation(frames, INSTRUCTION, np.zeros(policy.config.proprio_dim) if policy.config.proprio_dim else None)
+
+
+@torch.no_grad()
+def _time_parts(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec) -> dict[str, float]:
+    observation = _observation(policy)
+    start = time.perf_counter()
+    result = policy.predict([observation], spec)[0]
+    step = (time.perf_counter() - start) * 1e3
+    inputs = reference.encode([_observation(reference)])  # the autoregressive prompt: the same for every head
+    start = time.perf_counter()
+    reference.model(**inputs)
+    forward = (time.perf_counter() - start) * 1e3
+    start = time.perf_counter()
+    policy.model.model.get_image_features(pixel_values=policy.encode([observation])["pixel_values"])
+    vision = (time.perf_counter() - start) * 1e3
+    return {"step_ms": step, "forward_ms": forward, "vision_ms": vision,
+            "prefill_ms": result.timings_ms["prefill_ms"], "decode_ms": result.timings_ms["decode_ms"]}
+
+
+def run_step_profile(checkpoint: Path, chunks: tuple[int, ...] = (1, 2, 4, 8, 16), repetitions: int = 15,
+                     threads: int = 1, progress=None) -> dict:
+    torch.set_num_threads(threads)
+    policies = {(chunk, head): shaped_like(checkpoint, chunk, head) for chunk in chunks for head in HEADS}
+    reference = {chunk: policies[(chunk, "autoregressive")] for chunk in chunks}
+    samples: dict[tuple, list[dict]] = {}
+    keys = [(chunk, head, label) for chunk in chunks for head in HEADS for label in SPECS]
+    for key in keys:  # warm-up
+        _time_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]])
+    for rep in range(repetitions):  # interleaved: machine noise spreads over every configuration alike
+        for key in keys:
+            samples.setdefault(key, []).append(_time_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]]))
+        if progress:
+            progress(rep + 1, repetitions)
+    rows = []
+    for (chunk, head, label), runs in samples.items():
+        median = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
+        rows.append({"chunk": chunk, "head": head, "spec": label, "tokens": 7 * chunk, **median,
+                     "step_over_forward": median["step_ms"] / median["forward_ms"]})
+    causal = {(r["chunk"], r["head"]): r for r in rows if r["spec"] == "causal"}
+    for row in rows:
+        row["over_causal"] = row["step_ms"] / causal[(row["chunk"], row["head"])]["step_ms"]
+    return {"checkpoint_shape": str(checkpoint), "threads": threads, "repetitions": repetitions,
+            "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "rows": rows}
+
+
+def format_step_report(report: dict) -> str:
+    lines = [f"control step, {report['checkpoint_shape']} shape, random weights, {report['threads']} thread(s), "
+             f"median of {report['repetitions']}",
+             f"{'chunk':>5} {'head':15} {'spec':9} {'step ms':>8} {'vision':>7} {'prefill':>8} {'decode':>7} "
+             f"{'forward':>8} {'step/fwd':>8} {'x causal':>8}"]
+    for r in sorted(report["rows"], key=lambda r: (r["chunk"], r["head"], r["spec"])):
+        lines.append(f"{r['chunk']:>5} {r['head']:15} {r['spec']:9} {r['step_ms']:8.1f} {r['vision_ms']:7.1f} "
+                     f"{r['prefill_ms']:8.1f} {r['decode_ms']:7.1f} {r['forward_ms']:8.1f} "
+                     f"{r['step_over_forward']:8.2f} {r['over_causal']:8.2f}")
+    return "\n".join(lines)
+
+
+def plot_step_report(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for head in HEADS:
+        for label, style in zip(SPECS, ("-o", "--s")):
+            rows = sorted((r for r in report["rows"] if r["head"] == head and r["spec"] == label),
+                          key=lambda r: r["chunk"])
+            ax.plot([r["chunk"] for r in rows], [r["step_ms"] for r in rows], style, label=f"{head}, {label}")
+    forward = sorted((r for r in report["rows"] if r["head"] == "autoregressive" and r["spec"] == "causal"),
+                     key=lambda r: r["chunk"])
+    ax.plot([r["chunk"] for r in forward], [r["forward_ms"] for r in forward], ":", color="gray",
+            label="one forward of the prompt")
+    ax.set_xlabel("actions per chunk (7 tokens each)")
+    ax.set_ylabel("ms per control step (median)")
+    ax.set_title("control step vs chunk length")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(checkpoint: Path, out: Path, chunks: tuple[int, ...], repetitions: int, threads: int) -> int:
+    from tqdm import tqdm
+
+    bar = tqdm(total=repetitions, desc="step profile", unit="round")
+
+    def progress(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    report = run_step_profile(checkpoint, chunks, repetitions, threads, progress)
+    bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step.json").write_text(json.dumps(report, indent=2))
+    plot_step_report(report, out / "step.png")
+    print(format_step_report(report))
+    print(f"wrote {out / 'step.json'} and {out / 'step.png'}")
+    return 0
