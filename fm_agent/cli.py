@@ -61,7 +61,10 @@ def _serve(args: argparse.Namespace) -> int:
     spec = args.mask + ("+merge" if args.merge else (f"/{args.decode_mode}" if args.mask != "causal" else ""))
     import torch
 
-    torch.set_num_threads(args.threads)
+    import os
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_interop_threads(1)  # the server runs one model thread; inter-op parallelism is unused
     try:
         limits = Limits(max_instruction_chars=args.max_instruction_chars,
                         max_instruction_words=args.max_instruction_words, max_image_pixels=args.max_image_pixels,
@@ -126,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="require 'authorization: Bearer TOKEN' (use beyond loopback)")
     serve.add_argument("--tls-cert", type=Path)
     serve.add_argument("--tls-key", type=Path)
-    serve.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="torch intra-op threads (default: every core; the evaluation scripts pass the cores "
+                            "their simulators leave)")
     serve.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     serve.set_defaults(func=_serve)
 

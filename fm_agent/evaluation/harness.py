@@ -52,7 +52,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_checkpoint: st
     parser.add_argument("--videos", type=int, default=0, help="save MP4s of the first N episodes per task and mask")
     parser.add_argument("--out", type=Path, default=Path("runs") / Path(sys.argv[0]).stem,
                         help="results folder (resumable); default runs/<script name>")
-    parser.add_argument("--server-threads", type=int, default=2, help="torch threads of the local server")
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="torch threads of the local server (default: the cores the simulator workers leave, "
+                             "at least 1: threads beyond the free cores only contend with the simulators)")
     parser.add_argument("--retries", type=int, default=1, help="re-runs of an episode after a server/env failure")
     parser.add_argument("--temperature", type=float,
                         help="action sampling temperature, 0 = greedy (default: the checkpoint's own); "
@@ -274,6 +276,16 @@ def _worker(args: tuple) -> dict:
     return rows[0]
 
 
+
+def server_threads_beside(simulator_workers: int) -> int:
+    """Torch threads for a policy server that shares this machine with ``simulator_workers`` processes.
+
+    Each simulator keeps a core busy (physics and software rendering); an intra-op pool larger than
+    the cores left over makes the server's threads and the simulators preempt each other, which
+    costs more than it gives on a model this small. So: the free cores, at least one.
+    """
+    return max(1, (os.cpu_count() or 1) - simulator_workers)
+
 def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict, video_camera: str | None,
              split_keys: Sequence[str], extra: dict) -> dict:
     """Resume-aware driver: local server, progress bar, workers, summary."""
@@ -288,7 +300,8 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
     server = None
     address = args.server
     if address is None:
-        server = LocalServer(Path(args.checkpoint), threads=args.server_threads)
+        threads = args.server_threads or server_threads_beside(args.workers)
+        server = LocalServer(Path(args.checkpoint), threads=threads)
         address = server.start()
     extra = {**extra, "temperature": args.temperature if args.temperature is not None
              else _served_temperature(address)}
