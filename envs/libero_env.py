@@ -100,7 +100,10 @@ class LiberoEnv(gym.Env):
         bddl = Path(get_libero_path("bddl_files")) / self.task.problem_folder / self.task.bddl_file
         self._sim = self._create(str(bddl))
         self.instruction = self._sim.language_instruction
-        self.goal_state = [list(p) for p in self._sim.env.parsed_problem["goal_state"]]
+        problem = self._sim.env.parsed_problem
+        self.goal_state = [list(p) for p in problem["goal_state"]]
+        self.initial_state = [list(p) for p in problem["initial_state"]]  # the BDDL's start predicates
+        self.object_names = {name for names in problem["objects"].values() for name in names}  # movable ones
         self.observation_space = spaces.Dict({
             "agentview": image_space(image_size),
             "wrist": image_space(image_size),

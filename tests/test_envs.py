@@ -118,6 +118,26 @@ def test_libero_expert_succeeds_without_rendering(libero_state_only) -> None:
         assert info["success"] and info["init_state"] == state
 
 
+def test_libero_expert_takes_the_bowl_out_of_the_open_drawer() -> None:
+    """libero_spatial task 4: the bowl starts in the open top drawer, so the expert uses the crowded
+    grasp (rim on the far side, fingers closing along x) that keeps the fingers off the drawer walls."""
+    from envs.experts.libero_expert import starts_crowded
+
+    env = make_env("libero:libero_spatial/4", render="none")
+    try:
+        expert = make_expert(env)
+        info = run_expert(env, expert, options={"init_state": 0})
+        assert starts_crowded(env, "akita_black_bowl_1") and info["success"]
+    finally:
+        env.close()
+    plain = make_env("libero:libero_spatial/9", render="none")  # on the cabinet's top: a fixture's surface
+    try:
+        plain.reset(options={"init_state": 0})
+        assert not starts_crowded(plain, "akita_black_bowl_1")
+    finally:
+        plain.close()
+
+
 def test_libero_rendered_rollout_images_are_real() -> None:
     env = make_env("libero:libero_spatial/0", image_size=64)
     try:

@@ -2,7 +2,9 @@
 
 It handles the goal predicates of libero_spatial and libero_object, ``(On obj target)`` and
 ``(In obj target_region)``: reach above the object, descend, close, lift, carry above the target,
-lower, open, retreat. Motions are proportional end-effector commands in OSC_POSE delta units.
+lower, open, retreat. Motions are proportional end-effector commands in OSC_POSE delta units; the
+hand keeps a fixed yaw per object (turned from its start orientation), held by a proportional
+rotation command.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from robosuite.utils import transform_utils as T
 
-from ..libero_env import LiberoEnv, quat_to_axis_angle
+from ..libero_env import LiberoEnv
 
 POSITION_SCALE = 0.05  # metres per unit of the xyz action
 ROTATION_SCALE = 0.5  # radians per unit of the rotation action
@@ -33,20 +36,42 @@ class Waypoint:
 
 @dataclass(frozen=True)
 class GraspProfile:
-    """Where to take an object from, relative to its reported position (metres)."""
+    """Where to take an object from, relative to its reported position (metres), and the hand's yaw
+    (radians about the world z axis, from its start orientation) while it does."""
 
     offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
     lift: float = 0.15
+    yaw: float = 0.0
 
 
 GRASP_PROFILES = {
-    # a parallel gripper cannot close on a bowl's body: straddle the rim wall instead
+    # A parallel gripper cannot close on a bowl's body: it straddles the rim wall instead, on the
+    # bowl's +y side with the fingers closing along y.
     "bowl": GraspProfile(offset=(0.0, 0.05, 0.02)),
+}
+# A bowl that starts inside a region (a drawer) or on another movable object is crowded: in
+# libero_spatial task 4 it is in the open top drawer, whose wall is where the outer finger of a +y
+# rim grasp goes; in task 5 it lies tilted on the ramekin. There the hand takes the rim on the +x
+# side (away from the robot, clear of the drawer walls) with the fingers closing along x, lifts high
+# enough to clear the drawer's front wall, and re-aims the place at where the bowl hangs in the hand
+# (a tilted bowl is often nudged by the fingers on the way in).
+CROWDED_PROFILES = {
+    "bowl": GraspProfile(offset=(0.05, 0.0, 0.02), lift=0.17, yaw=np.pi / 2),
 }
 
 
-def _profile(name: str) -> GraspProfile:
-    return next((p for key, p in GRASP_PROFILES.items() if key in name), GraspProfile())
+def _profile(name: str, crowded: bool = False) -> GraspProfile:
+    profiles = CROWDED_PROFILES if crowded and any(key in name for key in CROWDED_PROFILES) else GRASP_PROFILES
+    return next((p for key, p in profiles.items() if key in name), GraspProfile())
+
+
+def starts_crowded(env: LiberoEnv, obj: str) -> bool:
+    """True when ``obj`` starts inside a region or on another movable object (the BDDL's start predicates)."""
+    for predicate, *args in env.initial_state:
+        if len(args) == 2 and args[0] == obj:
+            if predicate.lower() == "in" or (predicate.lower() == "on" and args[1] in env.object_names):
+                return True
+    return False
 
 
 class LiberoExpert:
@@ -59,7 +84,8 @@ class LiberoExpert:
         self._phase = 0
         self._phase_steps = 0
         self._holding = 0
-        self._home_rotation = np.zeros(3)
+        self._target_quat = np.array([0.0, 0.0, 0.0, 1.0])
+        self._steer_rotation = False
 
     # -- planning ---------------------------------------------------------------------------------
     def _position(self, name: str) -> np.ndarray:
@@ -88,28 +114,46 @@ class LiberoExpert:
             raise NotImplementedError(f"the scripted expert handles one On/In goal, not {self.env.goal_state}")
         predicate, obj, target = self.env.goal_state[0]
         target = self._target_name(target)
-        profile = _profile(obj)
+        crowded = starts_crowded(self.env, obj)
+        profile = _profile(obj, crowded)
         # tall objects hang far below the hand: carry high enough to clear a container's wall
         lift = max(profile.lift, 0.25) if predicate.lower() == "in" else profile.lift
         start = self.env.raw_observation["robot0_eef_pos"].copy()
         offset = np.array(profile.offset)
         grasp = self._position(obj) + offset
         place = self._position(target) + offset  # keep the object, not the hand, centred on the target
+        self._object, self._place_centre, self._place_hand = obj, self._position(target), place.copy()
+        self._recentre = crowded
         above = lambda p, h: np.array([p[0], p[1], max(p[2] + h, start[2] - 0.05)])
         # "in" a container: let go above its rim rather than pushing the object into the wall
         release = place + np.array([0, 0, 0.15 if predicate.lower() == "in" else 0.04])
+        carry = above(place, lift + 0.05)
+        carry[2] = max(carry[2], grasp[2] + lift)  # carry level: never lower again before the target
         self.plan = [
             Waypoint("approach", above(grasp, 0.10), OPEN, tolerance=0.015, max_steps=80),
             Waypoint("descend", grasp, OPEN, tolerance=0.008, max_steps=60),
             Waypoint("grasp", grasp, CLOSE, tolerance=1.0, max_steps=1, hold=12),
             Waypoint("lift", grasp + np.array([0, 0, lift]), CLOSE, tolerance=0.02, max_steps=60),
-            Waypoint("carry", above(place, lift + 0.05), CLOSE, tolerance=0.015, max_steps=100),
+            Waypoint("carry", carry, CLOSE, tolerance=0.015, max_steps=100),
             Waypoint("lower", release, CLOSE, tolerance=0.015, max_steps=60),
             Waypoint("release", release, OPEN, tolerance=1.0, max_steps=1, hold=10),
             Waypoint("retreat", place + np.array([0, 0, 0.2]), OPEN, tolerance=0.02, max_steps=60),
         ]
         self._phase, self._phase_steps, self._holding = 0, 0, 0
-        self._home_rotation = quat_to_axis_angle(self.env.raw_observation["robot0_eef_quat"])
+        turn = T.axisangle2quat(np.array([0.0, 0.0, profile.yaw]))
+        self._target_quat = T.quat_multiply(turn, np.asarray(self.env.raw_observation["robot0_eef_quat"]))
+        self._steer_rotation = profile.yaw != 0.0  # otherwise the hand keeps whatever yaw it has, as it always did
+
+    def _recentre_place(self) -> None:
+        """Aim the rest of the plan so the object, as it actually sits in the hand after the lift, ends
+        up centred on the target: a grasp that slid or nudged the object moves the hand's target too."""
+        eef = self.env.raw_observation["robot0_eef_pos"]
+        held = self._position(self._object) - eef  # where the object hangs relative to the hand
+        shift = np.zeros(3)
+        shift[:2] = (self._place_centre - held)[:2] - self._place_hand[:2]
+        for waypoint in self.plan[self._phase:]:
+            waypoint.position = waypoint.position + shift
+        self._place_hand = self._place_hand + shift
 
     @property
     def phase(self) -> str:
@@ -127,12 +171,17 @@ class LiberoExpert:
         reached = np.linalg.norm(error) < waypoint.tolerance or self._phase_steps >= waypoint.max_steps
         if reached and self._holding >= waypoint.hold:
             self._phase, self._phase_steps, self._holding = self._phase + 1, 0, 0
+            if waypoint.name == "lift" and self._recentre:
+                self._recentre_place()
             return self.act(observation)
         if reached:
             self._holding += 1
             error = np.zeros(3)
         self._phase_steps += 1
         move = np.clip(self.gain * error / POSITION_SCALE, -1.0, 1.0)
-        rotation = quat_to_axis_angle(self.env.raw_observation["robot0_eef_quat"])
-        turn = np.clip((self._home_rotation - rotation) / ROTATION_SCALE, -1.0, 1.0) * 0.0
+        current = np.asarray(self.env.raw_observation["robot0_eef_quat"])
+        difference = T.quat_multiply(self._target_quat, T.quat_inverse(current))
+        difference = difference if difference[3] >= 0 else -difference  # the short way round
+        rotation_error = T.quat2axisangle(difference)
+        turn = np.clip(rotation_error / ROTATION_SCALE, -1.0, 1.0) if self._steer_rotation else np.zeros(3)
         return np.concatenate([move, turn, [waypoint.gripper]]).astype(np.float32)
