@@ -1,10 +1,16 @@
-"""DAgger for BabyAI: the learner acts, BabyAI's bot labels every state the learner reaches.
+"""DAgger: the learner acts, the expert labels every state the learner reaches (BabyAI and LIBERO).
 
-Behaviour cloning only sees states of the bot's own (perfect) paths; a learner that drifts off them,
-or loops, meets states no demonstration covers. Recording the bot's answer in exactly those states
+Behaviour cloning only sees states of the expert's own paths; a learner that drifts off them, or
+loops, meets states no demonstration covers. Recording the expert's answer in exactly those states
 and training on the union is the standard fix (Ross et al., 2011). Episodes are written in the
-demonstration format (frames the learner saw, the bot's labels as actions), so ``train_bc.py`` reads
-them like any other recording.
+demonstration format (frames the learner saw, the expert's labels as actions), so ``train_bc.py``
+reads them like any other recording.
+
+The learner runs as it is deployed: it returns a chunk per call and the chunk is executed step by
+step, each step labelled. The experts take the executed action as ``taken`` and re-read the world
+from it: BabyAI's bot replans, the LIBERO expert reads its phase off the state. The learner is built
+by a ``make_actor`` callable (anything with ``start_episode`` / ``act`` / ``end_episode``), so this
+module needs nothing of the policy code, and worker processes can build their own.
 """
 
 from __future__ import annotations
@@ -12,65 +18,108 @@ from __future__ import annotations
 import random
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .recording import Episode, episode_metadata, episode_path, labelled_rollout, write_episode
 
+ActorFactory = Callable[[], Any]
+
 
 def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max_steps: int,
-                   beta: float = 0.0) -> Episode:
+                   beta: float = 0.0, init_state: int | None = None) -> Episode:
     """One learner rollout labelled by ``expert``; with probability ``beta`` a step executes the label."""
-    obs, info = env.reset(seed=seed)
+    options = {"init_state": init_state} if init_state is not None else None
+    obs, info = env.reset(seed=seed, options=options)
     expert.reset()
     actor.start_episode(info["instruction"], seed)
     coin = random.Random(seed)
+    chunk: deque = deque()
     taken = None
 
-    def decide(observation) -> tuple[int, int]:
+    def decide(observation) -> tuple[Any, Any]:
         nonlocal taken
         label = expert.act(observation, taken)
-        learner = int(np.asarray(actor.act(observation)[0]).reshape(-1)[0])
+        if not chunk:  # the learner is asked once per chunk, as a deployed controller asks it
+            chunk.extend(np.asarray(actor.act(observation)[0]))
+        learner = chunk.popleft()
+        learner = int(learner) if np.ndim(learner) == 0 else np.asarray(learner, dtype=np.float32)
         taken = label if coin.random() < beta else learner
         return label, taken
 
     observations, labels, rewards, success, info = labelled_rollout(env, obs, info, decide, max_steps)
     actor.end_episode()
-    metadata = {**episode_metadata(info), "learner_success": success}
-    return Episode(env=env_name, index=index, seed=seed, init_state=None, instruction=info["instruction"],
+    metadata = {**episode_metadata(info), "learner_success": success, "beta": beta}
+    return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
                    observations=observations, actions=labels, rewards=rewards, success=success,
                    expert=f"dagger:{type(expert).__name__}", metadata=metadata)
 
 
-def collect(env_name: str, policy, out: Path, episodes: int, base_seed: int, temperature: float, beta: float,
-            max_steps: int, progress: Any = None, expert_options: dict | None = None) -> dict[str, float]:
-    """Runs and writes ``episodes`` DAgger episodes (existing files are skipped: resumable);
-    ``expert_options`` configure the labeller (e.g. ``keep_opened_doors`` for BabyAI's bot)."""
-    from fm_agent.attention import FutureMaskSpec
-    from fm_agent.evaluation.rollout import InProcessActor
-
+def _collect_shard(env_name: str, make_actor: ActorFactory, out: Path, indices: list[int], base_seed: int,
+                   beta: float, max_steps: int | None, expert_options: dict | None, init_states: list[int] | None,
+                   env_options: dict | None) -> list[tuple[bool, bool]]:
+    """Worker body: one env and one learner for ``indices``; returns (learner success, kept) per episode."""
     from .registry import make_env, make_expert
 
-    env = make_env(env_name)
+    env = make_env(env_name, **(env_options or {}))
     expert = make_expert(env, **(expert_options or {}))
-    actor = InProcessActor(policy, FutureMaskSpec.parse(policy.config.default_mask), temperature)
+    actor = make_actor()
+    outcomes = []
+    try:
+        for index in indices:
+            init_state = init_states[index % len(init_states)] if init_states else None
+            limit = max_steps or getattr(env, "max_steps", 1000)
+            episode = dagger_episode(env, expert, actor, env_name, index, base_seed + index, limit, beta, init_state)
+            kept = bool(len(episode.actions))  # the bot may give up before labelling anything
+            if kept:
+                write_episode(episode_path(out, env_name, index), episode)
+            outcomes.append((episode.success, kept))
+    finally:
+        env.close()
+    return outcomes
+
+
+def _shard_star(job: tuple) -> list[tuple[bool, bool]]:
+    return _collect_shard(*job)
+
+
+def collect(env_name: str, make_actor: ActorFactory, out: Path, episodes: int, base_seed: int, beta: float,
+            max_steps: int | None, progress: Any = None, expert_options: dict | None = None,
+            init_states: list[int] | None = None, workers: int = 1, env_options: dict | None = None,
+            chunk: int = 5) -> dict[str, float]:
+    """Runs and writes ``episodes`` DAgger episodes; existing files are skipped (resumable).
+
+    ``expert_options`` configure the labeller (e.g. ``keep_opened_doors`` for BabyAI's bot);
+    ``init_states`` (LIBERO) are the official initial states episodes start from, episode i from
+    ``init_states[i % len]``: keep the evaluation states out. ``workers`` > 1 runs jobs of ``chunk``
+    episodes in that many processes (``make_actor`` must then be picklable, e.g. a ``functools.partial``
+    of a module-level function)."""
+    todo = [i for i in range(episodes) if not episode_path(out, env_name, i).exists()]
+    if progress is not None:
+        progress.update(episodes - len(todo))
+    jobs = [(env_name, make_actor, out, todo[i:i + chunk], base_seed, beta, max_steps, expert_options, init_states,
+             env_options) for i in range(0, len(todo), chunk)]
     wins = done = skipped = 0
     recent: deque = deque(maxlen=200)
-    for index in range(episodes):
-        path = episode_path(out, env_name, index)
-        if not path.exists():
-            episode = dagger_episode(env, expert, actor, env_name, index, base_seed + index, max_steps, beta)
-            if len(episode.actions):  # the bot may give up before labelling anything; nothing to keep then
-                write_episode(path, episode)
-            else:
-                skipped += 1
-            wins += episode.success
-            done += 1
-            recent.append(episode.success)
+
+    def tally(outcomes: list[tuple[bool, bool]]) -> None:
+        nonlocal wins, done, skipped
+        for success, kept in outcomes:
+            wins, done, skipped = wins + success, done + 1, skipped + (not kept)
+            recent.append(success)
         if progress is not None:
-            progress.update(1)
+            progress.update(len(outcomes))
             if recent:
                 progress.set_postfix(learner_success=f"{np.mean(recent):.2f}")
-    env.close()
+
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for outcomes in pool.imap_unordered(_shard_star, jobs):
+                tally(outcomes)
+    else:
+        for job in jobs:
+            tally(_collect_shard(*job))
     return {"episodes": done, "learner_successes": wins, "unlabelled_skipped": skipped}

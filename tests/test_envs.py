@@ -138,6 +138,57 @@ def test_libero_expert_takes_the_bowl_out_of_the_open_drawer() -> None:
         plain.close()
 
 
+def test_libero_expert_labels_the_state_a_learner_left_it_in(libero_state_only) -> None:
+    """As a DAgger labeller (``taken`` given) the expert reads its phase off the state: after ten steps
+    of someone else's random pushes mid-approach it still takes the bowl to the plate."""
+    expert = make_expert(libero_state_only)
+    obs, info = libero_state_only.reset(options={"init_state": 0})
+    expert.reset()
+    rng, taken = np.random.default_rng(0), None
+    for step in range(libero_state_only.max_steps):
+        label = expert.act(obs, taken)
+        executed = label.copy()
+        if 30 <= step < 40:
+            executed[:3] = rng.uniform(-1, 1, 3)
+        obs, _, terminated, truncated, info = libero_state_only.step(executed)
+        taken = executed
+        if terminated or truncated:
+            break
+    assert info["success"]
+
+
+def test_libero_dagger_writes_learner_episodes_labelled_by_the_expert(tmp_path) -> None:
+    """DAgger on LIBERO: a (tiny, untrained) learner acts in chunks, the expert labels every step; the
+    episode starts from the requested official state and is written in the demonstration format."""
+    from envs.dagger import collect
+    from fm_agent.attention import FutureMaskSpec
+    from fm_agent.evaluation.rollout import InProcessActor
+    from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
+
+    rng = np.random.default_rng(0)
+    config = VLAConfig(env_family="libero", cameras=["agentview", "wrist"], image_size=16, history=2,
+                       action_tokenizer=ActionTokenizer.fit(rng.uniform(-1, 1, (200, 7)), bins=16, chunk=4).to_dict(),
+                       proprio_dim=8, proprio_low=[-1.0] * 8, proprio_high=[1.0] * 8,
+                       backbone=BackboneShape(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+                                              vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8))
+    policy = VLAPolicy.create(config, ["pick up the black bowl"], seed=0)
+    calls = []
+
+    def make_actor():
+        actor = InProcessActor(policy, FutureMaskSpec(), 0.0)
+        act = actor.act
+        actor.act = lambda observation: (calls.append(1), act(observation))[1]
+        return actor
+
+    name = "libero:libero_spatial/0"
+    stats = collect(name, make_actor, tmp_path, 1, 900, 0.0, 12, init_states=[3], env_options={"image_size": 16})
+    assert stats["episodes"] == 1 and len(calls) == 3, "asked once per 4-action chunk"
+    episode = read_episode(next(tmp_path.rglob("episode_*.h5")))
+    assert episode.init_state == 3 and episode.actions.shape == (12, 7) and episode.expert == "dagger:LiberoExpert"
+    assert episode.observations["agentview"].shape == (12, 16, 16, 3) and episode.metadata["beta"] == 0.0
+    assert np.all(np.abs(episode.actions) <= 1) and np.all(episode.actions[:, 6] == -1.0), "approach: gripper open"
+
+
 def test_libero_rendered_rollout_images_are_real() -> None:
     env = make_env("libero:libero_spatial/0", image_size=64)
     try:
@@ -276,7 +327,12 @@ def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
                        backbone=BackboneShape(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
                                               vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8))
     policy = VLAPolicy.create(config, ["open the red door", "then after you"], seed=0)
-    stats = collect(name, policy, tmp_path / "expert", 2, 500, 0.0, 1.0, 64)
+    from fm_agent.attention import FutureMaskSpec
+    from fm_agent.evaluation.rollout import InProcessActor
+
+    greedy = lambda: InProcessActor(policy, FutureMaskSpec(), 0.0)  # noqa: E731
+    sampled = lambda: InProcessActor(policy, FutureMaskSpec(), 1.0)  # noqa: E731
+    stats = collect(name, greedy, tmp_path / "expert", 2, 500, 1.0, 64)
     assert stats == {"episodes": 2, "learner_successes": 2, "unlabelled_skipped": 0}
     env = make_env(name)
     for index, path in enumerate(sorted((tmp_path / "expert").rglob("episode_*.h5"))):
@@ -284,11 +340,11 @@ def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
         assert np.array_equal(episode.actions, demo.actions) and episode.instruction == demo.instruction
         assert np.array_equal(episode.observations["image"], demo.observations["image"])
 
-    collect(name, policy, tmp_path / "learner", 2, 500, 1.0, 0.0, 12)
+    collect(name, sampled, tmp_path / "learner", 2, 500, 0.0, 12)
     files = sorted((tmp_path / "learner").rglob("episode_*.h5"))
     labels = np.concatenate([read_episode(p).actions for p in files])
     assert len(files) == 2 and labels.min() >= 0 and labels.max() < 7
-    assert collect(name, policy, tmp_path / "learner", 2, 500, 1.0, 0.0, 12)["episodes"] == 0  # resumed
+    assert collect(name, sampled, tmp_path / "learner", 2, 500, 0.0, 12)["episodes"] == 0  # resumed
 
 
 def test_a_rollout_ends_where_the_expert_gives_up() -> None:

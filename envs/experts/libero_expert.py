@@ -74,8 +74,18 @@ def starts_crowded(env: LiberoEnv, obj: str) -> bool:
     return False
 
 
+HELD_DISTANCE = 0.09  # metres between hand and object centre while the object is in the hand
+GRIPPER_OPEN_QPOS = 0.035  # a finger joint above this is (nearly) open: nothing is held
+
+
 class LiberoExpert:
-    """Call :meth:`reset` after ``env.reset``; :meth:`act` returns a (7,) action each step."""
+    """Call :meth:`reset` after ``env.reset``; :meth:`act` returns a (7,) action each step.
+
+    Followed from the start, the expert runs its plan phase by phase. As a DAgger labeller (``act``
+    with ``taken``: someone else executed the last action) it reads the phase off the state instead:
+    whether the object is in the hand, where the hand is against the plan's waypoints, and where the
+    object now lies (a learner may have pushed or dropped it), so each label is the expert's answer
+    to the state the learner reached."""
 
     def __init__(self, env: LiberoEnv, gain: float = 1.0) -> None:
         self.env = env
@@ -123,6 +133,7 @@ class LiberoExpert:
         grasp = self._position(obj) + offset
         place = self._position(target) + offset  # keep the object, not the hand, centred on the target
         self._object, self._place_centre, self._place_hand = obj, self._position(target), place.copy()
+        self._grasp_offset = offset
         self._recentre = crowded
         above = lambda p, h: np.array([p[0], p[1], max(p[2] + h, start[2] - 0.05)])
         # "in" a container: let go above its rim rather than pushing the object into the wall
@@ -160,9 +171,58 @@ class LiberoExpert:
         return self.plan[min(self._phase, len(self.plan) - 1)].name if self.plan else "idle"
 
     # -- acting -----------------------------------------------------------------------------------
-    def act(self, observation=None) -> np.ndarray:
+    def _holds_object(self) -> bool:
+        raw = self.env.raw_observation
+        closed = float(raw["robot0_gripper_qpos"][0]) < GRIPPER_OPEN_QPOS
+        near = np.linalg.norm(self._position(self._object) - raw["robot0_eef_pos"]) < HELD_DISTANCE
+        return bool(closed and near)
+
+    def _index(self, name: str) -> int:
+        return next(i for i, w in enumerate(self.plan) if w.name == name)
+
+    def _sync_phase(self) -> None:
+        """Choose the phase for the state as it is (DAgger), keeping counters while it does not change."""
+        current = self.plan[min(self._phase, len(self.plan) - 1)]
+        if current.hold and self._phase_steps and self._holding < current.hold:
+            return  # closing or opening the gripper: let it finish
+        eef = self.env.raw_observation["robot0_eef_pos"]
+        if self._holds_object():
+            carry, release = self.plan[self._index("carry")].position, self.plan[self._index("release")].position
+            if np.linalg.norm((eef - carry)[:2]) > 0.02:
+                lift = self._index("lift")
+                rising = self._phase < lift or (self._phase == lift and self._phase_steps < self.plan[lift].max_steps)
+                phase = "lift" if rising and eef[2] < carry[2] - 0.03 else "carry"  # a lift that tops out carries on
+                if phase == "lift" and self._phase != lift:
+                    self.plan[lift].position = np.array([eef[0], eef[1], carry[2]])  # straight up from here
+            elif eef[2] - release[2] > 0.015:
+                phase = "lower"
+            else:
+                phase = "release"
+        else:  # re-aim the grasp at the object where it lies now
+            grasp = self._position(self._object) + self._grasp_offset
+            approach = self.plan[self._index("approach")]
+            approach.position = np.array([grasp[0], grasp[1], max(grasp[2] + 0.10, approach.position[2])])
+            self.plan[self._index("descend")].position = grasp
+            self.plan[self._index("grasp")].position = grasp
+            descending = self._phase in (self._index("descend"), self._index("grasp"))
+            if np.linalg.norm((eef - grasp)[:2]) > (0.03 if descending else 0.015):  # hysteresis: no dithering
+                phase = "approach"
+            elif np.linalg.norm(eef - grasp) > 0.008:
+                phase = "descend"
+            else:
+                phase = "grasp"
+        index = self._index(phase)
+        if index != self._phase:
+            self._phase, self._phase_steps, self._holding = index, 0, 0
+
+    def act(self, observation=None, taken: np.ndarray | None = None) -> np.ndarray:
+        """The next action. ``taken``: the action actually executed last step, when it was not this
+        expert's (a learner acting while the expert labels, as in DAgger): the phase is then re-read
+        from the state."""
         if not self.plan:
             raise RuntimeError("call reset() after env.reset() before act()")
+        if taken is not None:
+            self._sync_phase()
         eef = self.env.raw_observation["robot0_eef_pos"]
         if self._phase >= len(self.plan):
             return np.array([0, 0, 0, 0, 0, 0, OPEN], dtype=np.float32)
@@ -173,7 +233,7 @@ class LiberoExpert:
             self._phase, self._phase_steps, self._holding = self._phase + 1, 0, 0
             if waypoint.name == "lift" and self._recentre:
                 self._recentre_place()
-            return self.act(observation)
+            return self.act(observation)  # the next phase, without re-reading the state
         if reached:
             self._holding += 1
             error = np.zeros(3)

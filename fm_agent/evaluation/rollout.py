@@ -11,6 +11,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -53,6 +54,21 @@ class InProcessActor:
 
     def end_episode(self) -> None:
         self.frames.clear()
+
+
+def load_actor(checkpoint: str | Path, temperature: float | None = None, mask: str | None = None,
+               threads: int = 1) -> InProcessActor:
+    """An in-process actor for a checkpoint folder, under its default mask unless ``mask`` is given.
+    Module-level, so ``functools.partial(load_actor, folder)`` can travel to worker processes that
+    build their own (DAgger collection)."""
+    import torch
+
+    from ..attention import FutureMaskSpec
+    from ..model import VLAPolicy
+
+    torch.set_num_threads(threads)
+    policy = VLAPolicy.from_pretrained(checkpoint)
+    return InProcessActor(policy, FutureMaskSpec.parse(mask or policy.config.default_mask), temperature)
 
 
 class RandomActor:
