@@ -226,6 +226,14 @@ class LiberoEnv(gym.Env):
     def render(self) -> np.ndarray:
         return self._image("agentview_image")
 
+    def render_view(self, camera: str = "agentview", size: int = 256) -> np.ndarray:
+        """(size, size, 3) uint8: ``camera`` rendered on its own, upright, for videos a person watches
+        while the policy reads its small frames; the observations and the physics are not touched."""
+        if self.render_setting == "none":
+            raise LiberoError("render_view needs rendering; this env was made with render='none'")
+        image = self._sim.env.sim.render(camera_name=camera, width=size, height=size)
+        return np.ascontiguousarray(image[::-1])
+
     def close(self) -> None:
         if getattr(self, "_sim", None) is not None:
             self._sim.close()

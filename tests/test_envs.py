@@ -375,3 +375,24 @@ def test_a_rollout_ends_where_the_expert_gives_up() -> None:
     frames, labels, _, _, info = labelled_rollout(env, obs, info, give_up, 50)
     assert len(labels) == 0 and frames["image"].shape == (0, *obs["image"].shape) and "expert_gave_up" in info
     assert info["instruction"] == obs["instruction"]  # the reset info survives a rollout of no steps
+
+
+def test_libero_video_view_is_watchable_and_changes_nothing() -> None:
+    """Videos render the camera again at 256 px; the policy's own (small) observations are unchanged."""
+    envs = [make_env("libero:libero_spatial/0", image_size=16) for _ in range(2)]
+    try:
+        observations = []
+        for watched, env in enumerate(envs):
+            obs, _ = env.reset(options={"init_state": 2})
+            seen = []
+            for _ in range(3):
+                if watched:
+                    view = env.render_view("agentview", 256)
+                    assert view.shape == (256, 256, 3) and view.dtype == np.uint8 and view.std() > 10
+                obs, *_ = env.step(np.array([0.3, 0, 0, 0, 0, 0, -1], np.float32))
+                seen.append(obs["agentview"])
+            observations.append(seen)
+        assert all(np.array_equal(a, b) for a, b in zip(*observations))
+    finally:
+        for env in envs:
+            env.close()

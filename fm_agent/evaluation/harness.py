@@ -68,6 +68,9 @@ def _mask_args(label: str) -> tuple[str, bool, str]:
     return spec.mask, spec.merge is not None, spec.decode_mode
 
 
+VIDEO_SIZE = 256  # pixels per side of saved LIBERO videos
+
+
 def _save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
     import cv2
 
@@ -80,7 +83,8 @@ def _save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
 
 
 class _Recorder:
-    """Wraps an env so a rollout's frames can be kept for a video."""
+    """Wraps an env so a rollout's frames can be kept for a video: LIBERO renders the camera again at a
+    watchable size (``VIDEO_SIZE``) whatever the policy reads; other envs keep their observed frames."""
 
     supports_blind_steps = False  # a video needs every frame
 
@@ -90,14 +94,19 @@ class _Recorder:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.env, name)
 
+    def _frame(self, observation: dict) -> np.ndarray:
+        if hasattr(self.env, "render_view"):
+            return self.env.render_view(self.camera, VIDEO_SIZE)
+        return observation[self.camera]
+
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self.frames = [obs[self.camera]]
+        self.frames = [self._frame(obs)]
         return obs, info
 
     def step(self, action):
         out = self.env.step(action)
-        self.frames.append(out[0][self.camera])
+        self.frames.append(self._frame(out[0]))
         return out
 
 
