@@ -172,6 +172,20 @@ def labelled_rollout(env, obs, info: dict, decide: Callable[[Any], tuple[Any, An
     return stacked, np.asarray(labels), np.asarray(rewards, dtype=np.float32), success, info
 
 
+def parse_index_ranges(items: list[str], upper: int) -> list[int]:
+    """``["0-9", "15", "20-22"]`` -> [0, ..., 9, 15, 20, 21, 22], each in ``0..upper-1``."""
+    indices: set[int] = set()
+    for item in items:
+        low, _, high = item.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{item!r} is not an index or a range A-B")
+        first, last = int(low), int(high or low)
+        if first > last or last >= upper:
+            raise ValueError(f"{item!r} is outside 0-{upper - 1} or reversed")
+        indices.update(range(first, last + 1))
+    return sorted(indices)
+
+
 def episode_plan(env_name: str, index: int, base_seed: int = 0) -> tuple[int, int | None]:
     """(seed, initial state) of episode ``index``: LIBERO cycles its 50 official states."""
     if env_name.startswith("libero:"):

@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from envs.dagger import collect
+    from envs.recording import parse_index_ranges
     from fm_agent.evaluation.rollout import load_actor
     from fm_agent.model import VLAConfig
-    from record_demos import parse_index_ranges
 
     config = VLAConfig.load(args.checkpoint)
     env = args.env or next((e for e in config.training.get("envs", []) if e.startswith("babyai:")), None)

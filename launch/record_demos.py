@@ -18,21 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from envs.recording import RecordSettings, record  # noqa: E402
-
-
-def parse_index_ranges(items: list[str], upper: int) -> list[int]:
-    """``["0-9", "15", "20-22"]`` -> [0, ..., 9, 15, 20, 21, 22], each in ``0..upper-1``."""
-    indices: set[int] = set()
-    for item in items:
-        low, _, high = item.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
-            raise ValueError(f"{item!r} is not an index or a range A-B")
-        first, last = int(low), int(high or low)
-        if first > last or last >= upper:
-            raise ValueError(f"{item!r} is outside 0-{upper - 1} or reversed")
-        indices.update(range(first, last + 1))
-    return sorted(indices)
+from envs.recording import RecordSettings, parse_index_ranges, record  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,7 +95,7 @@ class LiberoExpert:
         self._phase_steps = 0
         self._holding = 0
         self._target_quat = np.array([0.0, 0.0, 0.0, 1.0])
-        self._steer_rotation = False
+        self._profile, self._crowded = GraspProfile(), False
 
     # -- planning ---------------------------------------------------------------------------------
     def _position(self, name: str) -> np.ndarray:
@@ -133,8 +133,7 @@ class LiberoExpert:
         grasp = self._position(obj) + offset
         place = self._position(target) + offset  # keep the object, not the hand, centred on the target
         self._object, self._place_centre, self._place_hand = obj, self._position(target), place.copy()
-        self._grasp_offset = offset
-        self._recentre = crowded
+        self._profile, self._crowded = profile, crowded
         above = lambda p, h: np.array([p[0], p[1], max(p[2] + h, start[2] - 0.05)])
         # "in" a container: let go above its rim rather than pushing the object into the wall
         release = place + np.array([0, 0, 0.15 if predicate.lower() == "in" else 0.04])
@@ -153,7 +152,6 @@ class LiberoExpert:
         self._phase, self._phase_steps, self._holding = 0, 0, 0
         turn = T.axisangle2quat(np.array([0.0, 0.0, profile.yaw]))
         self._target_quat = T.quat_multiply(turn, np.asarray(self.env.raw_observation["robot0_eef_quat"]))
-        self._steer_rotation = profile.yaw != 0.0  # otherwise the hand keeps whatever yaw it has, as it always did
 
     def _recentre_place(self) -> None:
         """Aim the rest of the plan so the object, as it actually sits in the hand after the lift, ends
@@ -199,7 +197,7 @@ class LiberoExpert:
             else:
                 phase = "release"
         else:  # re-aim the grasp at the object where it lies now
-            grasp = self._position(self._object) + self._grasp_offset
+            grasp = self._position(self._object) + np.array(self._profile.offset)
             approach = self.plan[self._index("approach")]
             approach.position = np.array([grasp[0], grasp[1], max(grasp[2] + 0.10, approach.position[2])])
             self.plan[self._index("descend")].position = grasp
@@ -231,7 +229,7 @@ class LiberoExpert:
         reached = np.linalg.norm(error) < waypoint.tolerance or self._phase_steps >= waypoint.max_steps
         if reached and self._holding >= waypoint.hold:
             self._phase, self._phase_steps, self._holding = self._phase + 1, 0, 0
-            if waypoint.name == "lift" and self._recentre:
+            if waypoint.name == "lift" and self._crowded:
                 self._recentre_place()
             return self.act(observation)  # the next phase, without re-reading the state
         if reached:
@@ -243,5 +241,6 @@ class LiberoExpert:
         difference = T.quat_multiply(self._target_quat, T.quat_inverse(current))
         difference = difference if difference[3] >= 0 else -difference  # the short way round
         rotation_error = T.quat2axisangle(difference)
-        turn = np.clip(rotation_error / ROTATION_SCALE, -1.0, 1.0) if self._steer_rotation else np.zeros(3)
+        # a profile without a turn leaves the hand's yaw alone, as the expert always did
+        turn = np.clip(rotation_error / ROTATION_SCALE, -1.0, 1.0) if self._profile.yaw else np.zeros(3)
         return np.concatenate([move, turn, [waypoint.gripper]]).astype(np.float32)
