@@ -8,6 +8,6 @@ Ask for one by name through :func:`envs.registry.make_env`::
 Heavy simulators are imported lazily, so importing this package is cheap.
 """
 
-from .registry import EnvNameError, list_envs, make_env, make_expert, parse_env_name
+from .registry import EnvNameError, check_env, list_envs, make_env, make_expert, parse_env_name
 
-__all__ = ["EnvNameError", "list_envs", "make_env", "make_expert", "parse_env_name"]
+__all__ = ["EnvNameError", "check_env", "list_envs", "make_env", "make_expert", "parse_env_name"]

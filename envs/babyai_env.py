@@ -36,7 +36,7 @@ class MissionInfo:
     sequence: str = "single"  # the strongest connective: "after" (reversed order) > "then" > "and" > "single"
 
     @classmethod
-    def from_mission(cls, mission: str) -> "MissionInfo":
+    def from_mission(cls, mission: str) -> MissionInfo:
         sequence = next((label for words, label in SEQUENCE_WORDS if re.search(rf"\b{words}\b", mission)), "single")
         return cls(bool(LOCATION_PHRASE.search(mission)), max(1, len(SUBGOAL_VERB.findall(mission))), sequence)
 

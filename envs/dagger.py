@@ -15,14 +15,17 @@ module needs nothing of the policy code, and worker processes can build their ow
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import random
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .recording import Episode, episode_metadata, episode_path, labelled_rollout, write_episode
+from .registry import make_env, make_expert
 
 ActorFactory = Callable[[], Any]
 
@@ -60,8 +63,6 @@ def _collect_shard(env_name: str, make_actor: ActorFactory, out: Path, indices: 
                    beta: float, max_steps: int | None, expert_options: dict | None, init_states: list[int] | None,
                    env_options: dict | None) -> list[tuple[bool, bool]]:
     """Worker body: one env and one learner for ``indices``; returns (learner success, kept) per episode."""
-    from .registry import make_env, make_expert
-
     env = make_env(env_name, **(env_options or {}))
     expert = make_expert(env, **(expert_options or {}))
     actor = make_actor()
@@ -114,8 +115,6 @@ def collect(env_name: str, make_actor: ActorFactory, out: Path, episodes: int, b
                 progress.set_postfix(learner_success=f"{np.mean(recent):.2f}")
 
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers) as pool:
             for outcomes in pool.imap_unordered(_shard_star, jobs):
                 tally(outcomes)

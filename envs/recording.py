@@ -21,15 +21,18 @@ Files are written to a temporary name and renamed, so a killed recorder never le
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
 from .experts import ExpertGaveUp
+from .registry import make_env, make_expert
 
 FORMAT = "fm-agent-episode/1"
 TEXT_KEYS = ("instruction",)
@@ -206,8 +209,6 @@ class RecordSettings:
 
 def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) -> list[dict]:
     """Worker body: build the env once, record ``indices``, return one manifest row per episode."""
-    from .registry import make_env, make_expert
-
     kwargs: dict[str, Any] = {}
     if settings.image_size:
         kwargs["image_size"] = settings.image_size
@@ -289,8 +290,6 @@ def record(env_names: list[str], episodes: int, settings: RecordSettings, worker
     manifest = (settings.out / "manifest.jsonl").open("a")
     try:
         if workers > 1 and len(jobs) > 1:
-            import multiprocessing as mp
-
             with mp.get_context("spawn").Pool(workers) as pool:
                 results = pool.imap_unordered(_record_chunk_star, jobs)
                 _drain(results, manifest, total, progress)

@@ -39,6 +39,28 @@ def parse_env_name(name: str) -> EnvName:
     raise EnvNameError(f"unknown environment family {family!r} in {name!r}: known families are 'libero', 'babyai'")
 
 
+def check_babyai_level(level: str) -> None:
+    """Raises EnvNameError unless ``level`` is a registered BabyAI level."""
+    import gymnasium as gym
+    import minigrid  # noqa: F401  (registers the BabyAI levels)
+
+    if level not in gym.registry or not level.startswith("BabyAI-"):
+        known = sorted(k for k in gym.registry if k.startswith("BabyAI-"))
+        raise EnvNameError(f"unknown BabyAI level {level!r}; e.g. {', '.join(known[:6])} ...")
+
+
+def check_env(name: str) -> str | None:
+    """Checks that ``name`` can be built, without building it; returns its instruction when it is
+    fixed (a LIBERO task), else None. Raises EnvNameError or LiberoError with the reason."""
+    parsed = parse_env_name(name)
+    if parsed.family == "libero":
+        from .libero_env import check_tasks
+
+        return check_tasks(parsed.suite, [parsed.task_id or 0])[parsed.task_id or 0]
+    check_babyai_level(parsed.suite)
+    return None
+
+
 def make_env(name: str, **kwargs: Any):
     """Build the environment ``name``; keyword arguments go to the wrapper (image_size, render, ...)."""
     parsed = parse_env_name(name)
@@ -48,12 +70,7 @@ def make_env(name: str, **kwargs: Any):
         return LiberoEnv(parsed.suite, parsed.task_id, **kwargs)
     from .babyai_env import BabyAIEnv
 
-    import gymnasium as gym
-    import minigrid  # noqa: F401
-
-    if parsed.suite not in gym.registry or not parsed.suite.startswith("BabyAI-"):
-        known = sorted(k for k in gym.registry if k.startswith("BabyAI-"))
-        raise EnvNameError(f"unknown BabyAI level {parsed.suite!r}; e.g. {', '.join(known[:6])} ...")
+    check_babyai_level(parsed.suite)
     return BabyAIEnv(parsed.suite, **kwargs)
 
 

@@ -1,12 +1,9 @@
 #!/usr/bin/env python
-"""Prefill ms and decode ms/token for causal, each mask in prefill and full mode, and each with merge.
-
-Example: python launch/profile_latency.py --preset quick --out runs/latency
-"""
+"""Prefill and decode latency of every mask: ``fm-agent profile`` (flags: --help; the config is fm_agent.profiling.config.ProfileConfig)."""
 
 import sys
 
-from fm_agent.profiling.report import cli
+from fm_agent.cli import main
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main(["profile", *sys.argv[1:]], prog="launch/profile_latency.py"))

@@ -11,11 +11,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.fm-agent-installed
-want=$(cat pyproject.toml launch/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml client/pyproject.toml launch/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet torch==2.13.0
-  .venv/bin/python -m pip install --quiet -e '.[test,envs]'
+  # the client distribution first (fm-agent depends on it), both editable, in one resolve
+  .venv/bin/python -m pip install --quiet -e ./client -e '.[test,envs]'
   # openpi's client protocol, for the transport benchmark's side-by-side path. --no-deps: its
   # metadata asks for numpy<2, though the two modules the benchmark uses run on ours.
   .venv/bin/python -m pip install --quiet --no-deps openpi-client==0.1.2 msgpack==1.2.4 websockets==17.4

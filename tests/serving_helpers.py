@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fm_agent.evaluation.grpc_actor import LocalServer
 from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
+from fm_agent.serving.local import LocalServer
 
 TINY = BackboneShape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vision_hidden=16,
                      vision_layers=1, vision_heads=2, patch_size=8)
@@ -74,7 +74,7 @@ class InProcessServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
-    def __enter__(self) -> "InProcessServer":
+    def __enter__(self) -> InProcessServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -66,7 +66,7 @@ def test_babyai_bot_closes_a_wrongly_opened_door_unless_told_to_keep_it(keep_ope
     door = next(c for c in world.grid.grid if c is not None and c.type == "door" and id(c) not in needed)
     from minigrid.core.constants import DIR_TO_VEC
 
-    for direction, (dx, dy) in enumerate(DIR_TO_VEC):  # stand on the room side of the door, facing it
+    for direction, (dx, dy) in enumerate(DIR_TO_VEC):  # noqa: B007  (the direction that breaks is used below)
         spot = (door.cur_pos[0] - dx, door.cur_pos[1] - dy)
         if world.grid.get(*spot) is None and world.room_from_pos(*spot) is world.get_room(1, 1):
             break
@@ -162,7 +162,7 @@ def test_libero_dagger_writes_learner_episodes_labelled_by_the_expert(tmp_path) 
     episode starts from the requested official state and is written in the demonstration format."""
     from envs.dagger import collect
     from fm_agent.attention import FutureMaskSpec
-    from fm_agent.evaluation.rollout import InProcessActor
+    from fm_agent.evaluation.inprocess import InProcessActor
     from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
 
     rng = np.random.default_rng(0)
@@ -328,7 +328,7 @@ def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
                                               vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8))
     policy = VLAPolicy.create(config, ["open the red door", "then after you"], seed=0)
     from fm_agent.attention import FutureMaskSpec
-    from fm_agent.evaluation.rollout import InProcessActor
+    from fm_agent.evaluation.inprocess import InProcessActor
 
     greedy = lambda: InProcessActor(policy, FutureMaskSpec(), 0.0)  # noqa: E731
     sampled = lambda: InProcessActor(policy, FutureMaskSpec(), 1.0)  # noqa: E731

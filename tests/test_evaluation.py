@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "launch"))
 
-from fm_agent.model import ActionTokenizer, VLAConfig, VLAPolicy  # noqa: E402
 from serving_helpers import TINY, tiny_checkpoint  # noqa: E402
+
+from fm_agent.cli import main as cli  # noqa: E402
+from fm_agent.model import ActionTokenizer, VLAConfig, VLAPolicy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +31,9 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def test_alfred_eval_end_to_end_and_resume(babyai_checkpoint, tmp_path) -> None:
-    import alfred_eval
-
-    argv = ["--checkpoint", str(babyai_checkpoint), "--episodes", "2", "--masks", "causal", "Mf+merge",
+    argv = ["eval-babyai", "--checkpoint", str(babyai_checkpoint), "--episodes", "2", "--masks", "causal", "Mf+merge",
             "--max-steps", "6", "--image-size", "16", "--videos", "1", "--workers", "2", "--out", str(tmp_path)]
-    assert alfred_eval.main(argv) == 0
+    assert cli(argv) == 0
     lines = sorted(read_lines(tmp_path / "episodes.jsonl"), key=lambda l: (l["mask"] != "causal", l["episode"]))
     assert len(lines) == 4 and {l["mask"] for l in lines} == {"causal", "Mf+merge"}
     assert all(l["error"] is None and 1 <= l["steps"] <= 6 and len(l["policy_ms"]) == l["steps"] for l in lines)
@@ -45,20 +42,18 @@ def test_alfred_eval_end_to_end_and_resume(babyai_checkpoint, tmp_path) -> None:
     causal = summary["masks"]["causal"]
     assert causal["overall"]["episodes"] == 2 and "by_num_subgoals" in causal
     assert {"prefill_ms", "queue_ms", "server_ms", "policy_round_trip", "env_step"} <= set(causal["latency_ms"])
-    assert summary["versions"]["minigrid"] and "alfred_eval" in summary["command"]
+    assert summary["versions"]["minigrid"] and "fm-agent eval-babyai" in summary["command"]
     assert (tmp_path / "summary.png").stat().st_size > 10_000
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
-    assert alfred_eval.main(argv) == 0  # resume: nothing left to run
+    assert cli(argv) == 0  # resume: nothing left to run
     assert len(read_lines(tmp_path / "episodes.jsonl")) == 4
 
 
 def test_libero_eval_short_episode(tmp_path) -> None:
-    import libero_eval
-
     checkpoint = tiny_checkpoint(tmp_path / "policy")
-    argv = ["--checkpoint", str(checkpoint), "--suite", "libero_spatial", "--tasks", "0", "--init-states", "3",
+    argv = ["eval-libero", "--checkpoint", str(checkpoint), "--suite", "libero_spatial", "--tasks", "0", "--init-states", "3",
             "--max-steps", "4", "--out", str(tmp_path / "run")]
-    assert libero_eval.main(argv) == 0
+    assert cli(argv) == 0
     (line,) = read_lines(tmp_path / "run" / "episodes.jsonl")
     assert line["error"] is None and line["steps"] == 4 and line["init_state"] == 3 and not line["success"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -68,8 +63,8 @@ def test_libero_eval_short_episode(tmp_path) -> None:
 
 def test_a_killed_server_is_restarted_and_the_episode_retried(babyai_checkpoint, tmp_path) -> None:
     from envs import make_env
-    from fm_agent.evaluation.grpc_actor import LocalServer
     from fm_agent.evaluation.harness import EpisodeJob, run_jobs
+    from fm_agent.serving.local import LocalServer
 
     server = LocalServer(babyai_checkpoint, threads=1)
     address = server.start()
@@ -124,11 +119,9 @@ def test_random_baseline_replays_with_its_seed_and_runs_from_the_cli(tmp_path) -
         assert run_episode(env, RandomActor(env.action_space), "e", 0, 5, max_steps=30).steps <= 30
     finally:
         env.close()
-    import eval_policy
-
-    assert eval_policy.main(["--random-baseline", "--env", "babyai:BabyAI-OpenDoorsOrderN4-v0", "--episodes", "2",
+    assert cli(["eval-local", "--random-baseline", "--env", "babyai:BabyAI-OpenDoorsOrderN4-v0", "--episodes", "2",
                              "--max-steps", "20", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["masks"]["random"]["overall"]["episodes"] == 2
-    with pytest.raises(SystemExit):
-        eval_policy.main(["--env", "babyai:BabyAI-OpenDoorsOrderN4-v0"])  # neither a checkpoint nor the baseline
+    # neither a checkpoint nor the baseline: refused before anything runs
+    assert cli(["eval-local", "--env", "babyai:BabyAI-OpenDoorsOrderN4-v0"]) == 2

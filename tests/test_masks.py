@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import allowed_loops
 
 from fm_agent.attention import FutureMaskSpec, MergeOptions, allowed_matrix, render_allowed
-from reference import allowed_loops
 
 MASKS = ["causal", "Mf", "Mv2v", "Mv2t"]
 

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
+from reference import merged_attention
 from torch import nn
 
 from fm_agent.attention import FutureAttention, FutureMaskSpec, MergeOptions, use_future_attention
 from fm_agent.attention.interface import future_eager_attention, future_sdpa_attention
-from reference import merged_attention
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
 

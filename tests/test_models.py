@@ -7,6 +7,8 @@ import threading
 
 import pytest
 import torch
+from reference import additive_mask
+from tiny_models import llava_pixels, llava_prompt, qwen_inputs, tiny_llava, tiny_qwen2_vl
 
 from fm_agent.attention import (
     ALL_SPEC_LABELS,
@@ -20,8 +22,6 @@ from fm_agent.attention import (
     prefill,
     visual_token_mask,
 )
-from reference import additive_mask
-from tiny_models import llava_pixels, llava_prompt, qwen_inputs, tiny_llava, tiny_qwen2_vl
 
 UNMERGED = [label for label in ALL_SPEC_LABELS if label.endswith("/prefill")]
 MERGED = [label for label in ALL_SPEC_LABELS if label.endswith("+merge")]

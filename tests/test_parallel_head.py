@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fm_agent.attention import ALL_SPEC_LABELS, FutureAttention, FutureMaskSpec
+from fm_agent.data.episodes import EpisodeArrays, Sample, all_samples
 from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
-from fm_agent.model.data import EpisodeArrays, Sample, all_samples
-from fm_agent.model.training import TrainSettings, forward_loss, make_batch, train
+from fm_agent.training.loop import TrainSettings, forward_loss, make_batch, train
 
 TINY = BackboneShape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vision_hidden=16,
                      vision_layers=1, vision_heads=2, patch_size=8)
@@ -83,7 +83,7 @@ def test_serving_reads_the_logits_training_scores() -> None:
         logits = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               pixel_values=batch["pixel_values"],
                               future_attention=FutureAttention(spec, batch["visual"])).logits[:, -n:, lo:hi]
-    from fm_agent.model.data import history_frames
+    from fm_agent.data.episodes import history_frames
 
     e = data[0]
     obs = Observation(history_frames(e, 5, 2, policy.config.history_stride), e.instruction, e.proprio[5])

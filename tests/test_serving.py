@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serving_helpers import INSTRUCTION, frame, start_server, tiny_checkpoint
 
 from fm_agent.attention import FutureMaskSpec, MergeOptions
-from fm_agent.client import PolicyClient, act_request, encode_act_request, encode_image, pb
 from fm_agent.model import Observation, VLAPolicy
-from serving_helpers import INSTRUCTION, frame, start_server, tiny_checkpoint
+from fm_agent_client import PolicyClient, act_request, encode_act_request, encode_image, pb
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_the_pinned_grpcio_streams_from_the_callers_thread(client) -> None:
 def test_asyncio_client_runs_an_episode_like_the_sync_client(server, client) -> None:
     import asyncio
 
-    from fm_agent.client import AsyncPolicyClient
+    from fm_agent_client import AsyncPolicyClient
 
     async def episode_with_async_client() -> tuple[list, grpc.StatusCode]:
         async with AsyncPolicyClient(server.address, timeout=20) as aclient:
@@ -317,7 +317,7 @@ def test_act_request_bytes_are_the_act_request_message(side: int) -> None:
 
 
 def test_retry_policy_retries_only_unavailable_with_growing_jittered_waits() -> None:
-    from fm_agent.client import RetryPolicy
+    from fm_agent_client import RetryPolicy
 
     policy = RetryPolicy(retries=3, backoff_s=0.1)
     for attempt in range(3):
@@ -348,7 +348,7 @@ def test_bearer_token(checkpoint) -> None:
 
 
 def test_client_imports_no_ml_stack() -> None:
-    code = "import sys, fm_agent.client; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad)"
+    code = "import sys, fm_agent_client; bad = [m for m in ('torch', 'transformers') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -359,6 +359,8 @@ def test_generated_code_is_current(tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     subprocess.run(["bash", str(root / "launch/gen_protos.sh"), str(tmp_path)], check=True, cwd=root,
                    env={**__import__("os").environ, "PYTHON": sys.executable})
-    for name in ("policy_pb2.py", "policy_pb2_grpc.py", "policy_pb2.pyi"):
-        assert (tmp_path / "fm_agent/v1" / name).read_text() == (root / "fm_agent/v1" / name).read_text(), \
+    generated = [f"client/src/fm_agent_client/v1/policy_pb2{suffix}" for suffix in (".py", "_grpc.py", ".pyi")]
+    generated += [f"fm_agent/v1/reflection_v1_pb2{suffix}" for suffix in (".py", "_grpc.py", ".pyi")]
+    for name in generated:
+        assert (tmp_path / name).read_text() == (root / name).read_text(), \
             f"{name} is stale: run bash launch/gen_protos.sh"

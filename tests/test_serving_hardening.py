@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image as PILImage
+from serving_helpers import INSTRUCTION, InProcessServer, frame, start_server, tiny_checkpoint
 
-from fm_agent.client import PolicyClient, encode_image, pb
 from fm_agent.model import VLAPolicy, fit_image
 from fm_agent.serving.limits import Limits
-from serving_helpers import INSTRUCTION, InProcessServer, frame, start_server, tiny_checkpoint
+from fm_agent_client import PolicyClient, encode_image, pb
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -289,9 +289,10 @@ def test_a_busy_port_is_an_error_at_start(server, checkpoint) -> None:
 
 def test_soak_benchmark_runs_and_reports(checkpoint, tmp_path) -> None:
     """The soak script end to end, briefly: valid traffic never fails, hostile traffic is refused as such."""
-    from fm_agent.profiling.soak import SoakSettings, format_report, run_soak
+    from fm_agent.profiling.config import SoakConfig
+    from fm_agent.profiling.soak import format_report, run_soak
 
-    report = run_soak(SoakSettings(checkpoint=checkpoint, episodes=2, seconds=3, bad_fraction=0.5, image_size=32,
+    report = run_soak(SoakConfig(checkpoint=checkpoint, episodes=2, seconds=3, bad_fraction=0.5, image_size=32,
                                    out=tmp_path))
     assert report["valid"]["ok"] > 0 and report["valid"]["failed"] == {}
     assert report["bad"]["sent"] > 0 and report["bad"]["not_a_client_error"] == {}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fm_agent.attention import ALL_SPEC_LABELS, FutureMaskSpec
+from fm_agent.data.episodes import EpisodeArrays
 from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
-from fm_agent.model.data import EpisodeArrays
-from fm_agent.model.training import TrainSettings, make_batch, forward_loss, train
+from fm_agent.training.loop import TrainSettings, forward_loss, make_batch, train
 
 TINY = BackboneShape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vision_hidden=16,
                      vision_layers=1, vision_heads=2, patch_size=8)
@@ -198,7 +198,7 @@ def tiny_episodes(n: int = 6, steps: int = 5) -> list[EpisodeArrays]:
 @pytest.mark.parametrize("mask", ["causal", "Mf/prefill", "Mv2t+merge"])
 def test_training_lowers_the_loss(mask: str, tmp_path) -> None:
     policy, episodes = babyai_like(), tiny_episodes()
-    from fm_agent.model.data import all_samples
+    from fm_agent.data.episodes import all_samples
 
     batch = make_batch(policy, episodes, all_samples(episodes)[:16])
     spec = FutureMaskSpec.parse(mask)
@@ -218,7 +218,7 @@ def test_training_lowers_the_loss(mask: str, tmp_path) -> None:
 def test_training_histories_match_what_the_server_keeps(chunk: int) -> None:
     """A client executing each chunk calls once per chunk; the frames the server then holds for a call
     are the ones a training sample at that step is built from (history_stride = chunk)."""
-    from fm_agent.model.data import history_frames
+    from fm_agent.data.episodes import history_frames
     from fm_agent.serving.episodes import EpisodeStore
 
     policy = babyai_like()
@@ -235,7 +235,7 @@ def test_training_histories_match_what_the_server_keeps(chunk: int) -> None:
 
 
 def test_random_shift_moves_each_view_and_keeps_the_motion_between_frames() -> None:
-    from fm_agent.model.training import random_shift
+    from fm_agent.training.loop import random_shift
 
     samples, history, cameras, size, pad = 6, 2, 2, 8, 2
     ramp = torch.arange(size, dtype=torch.float32)
@@ -263,12 +263,12 @@ def test_training_never_shows_targets_to_images() -> None:
     token must not change the logits at any prompt position."""
     policy = libero_like(chunk=2)
     obs_frames = frames(["agentview", "wrist"])
-    from fm_agent.model.data import EpisodeArrays as E
+    from fm_agent.data.episodes import EpisodeArrays as E
 
     base = E(INSTRUCTIONS[0], {c: np.stack([f[c] for f in obs_frames]) for c in ("agentview", "wrist")},
              np.zeros((2, 8), np.float32), np.zeros((2, 7), np.float32), {})
     other = E(base.instruction, base.frames, base.proprio, np.full((2, 7), 0.9, np.float32), {})
-    from fm_agent.model.data import Sample
+    from fm_agent.data.episodes import Sample
 
     a, b = (make_batch(policy, [e], [Sample(0, 1)]) for e in (base, other))
     from fm_agent.attention import FutureAttention

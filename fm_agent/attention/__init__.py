@@ -11,6 +11,8 @@ Typical use::
     out = generate_with_mask(model, spec, input_ids, pixel_values=pixels, max_new_tokens=8)
 """
 
+from fm_agent_client.masks import ALL_SPEC_LABELS, CAUSAL, MASK_KINDS, FutureMaskSpec, MergeOptions
+
 from .context import AttentionPlan, FutureAttention, active_future_attention, use_future_attention
 from .generation import (
     decode_n_tokens,
@@ -29,7 +31,6 @@ from .interface import (
 )
 from .masks import admitted_future_keys, allowed_matrix, future_extension, render_allowed
 from .merge import MergeLayout, merge_future_scores
-from .spec import ALL_SPEC_LABELS, CAUSAL, MASK_KINDS, FutureMaskSpec, MergeOptions
 
 register_future_attention()
 

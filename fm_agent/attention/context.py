@@ -10,17 +10,18 @@ threads or tasks cannot see each other's masks.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
+from fm_agent_client.masks import FutureMaskSpec
+
 from .masks import future_extension
 from .merge import MergeLayout
-from .spec import FutureMaskSpec
 
-_ACTIVE: ContextVar["FutureAttention | None"] = ContextVar("fm_agent_future_attention", default=None)
+_ACTIVE: ContextVar[FutureAttention | None] = ContextVar("fm_agent_future_attention", default=None)
 
 
 @dataclass(frozen=True)

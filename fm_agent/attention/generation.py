@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from fm_agent_client.masks import FutureMaskSpec
+
 from .context import FutureAttention, use_future_attention
-from .spec import FutureMaskSpec
 
 IMAGE_TOKEN_ATTRIBUTES = ("image_token_id", "image_token_index", "video_token_id")
 # Inputs with one entry per token: a cache-free decode step must grow them with the sequence.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .spec import FutureMaskSpec, MaskKind
+from fm_agent_client.masks import FutureMaskSpec, MaskKind
 
 
 def admitted_future_keys(

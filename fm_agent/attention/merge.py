@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .spec import MergeOptions
+from fm_agent_client.masks import MergeOptions
 
 
 def _array_split_chunk(window: torch.Tensor, num_windows: torch.Tensor, slots: int) -> torch.Tensor:
@@ -53,7 +53,7 @@ class MergeLayout:
     slot_windows: torch.Tensor | None
 
     @classmethod
-    def build(cls, options: MergeOptions, visual_queries: torch.Tensor, future: torch.Tensor) -> "MergeLayout":
+    def build(cls, options: MergeOptions, visual_queries: torch.Tensor, future: torch.Tensor) -> MergeLayout:
         """visual_queries: (B, Q) bool; future: (B, Q, K) bool, the admitted later keys of each row."""
         batch = visual_queries.shape[0]
         counts = visual_queries.sum(-1)

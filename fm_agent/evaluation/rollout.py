@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
+
 
 class Actor(Protocol):
     def start_episode(self, instruction: str, seed: int = 0) -> None:
@@ -24,51 +24,6 @@ class Actor(Protocol):
         """Returns (actions (chunk, ...) , timings in ms)."""
 
     def end_episode(self) -> None: ...
-
-
-class InProcessActor:
-    """A :class:`~fm_agent.model.VLAPolicy` called directly, under one mask spec."""
-
-    def __init__(self, policy, spec, temperature: float | None = None) -> None:
-        self.policy, self.spec = policy, spec
-        self.temperature = policy.config.temperature if temperature is None else temperature
-        self.frames: deque = deque(maxlen=policy.config.history)
-        self.instruction = ""
-        self.seed, self.steps = 0, 0
-
-    def start_episode(self, instruction: str, seed: int = 0) -> None:
-        self.frames.clear()
-        self.instruction = instruction
-        self.seed, self.steps = seed, 0
-
-    def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
-        from ..model import Observation, step_generator
-
-        self.frames.append(self.policy.check_frame(observation))  # fitted on arrival, as the server does
-        proprio = observation.get("proprio") if self.policy.config.proprio_dim else None
-        generator = step_generator(self.seed, self.steps) if self.temperature > 0 else None
-        observation = Observation(list(self.frames), self.instruction, proprio, self.temperature, generator)
-        result = self.policy.predict([observation], self.spec)[0]
-        self.steps += 1
-        return result.actions, result.timings_ms
-
-    def end_episode(self) -> None:
-        self.frames.clear()
-
-
-def load_actor(checkpoint: str | Path, temperature: float | None = None, mask: str | None = None,
-               threads: int = 1) -> InProcessActor:
-    """An in-process actor for a checkpoint folder, under its default mask unless ``mask`` is given.
-    Module-level, so ``functools.partial(load_actor, folder)`` can travel to worker processes that
-    build their own (DAgger collection)."""
-    import torch
-
-    from ..attention import FutureMaskSpec
-    from ..model import VLAPolicy
-
-    torch.set_num_threads(threads)
-    policy = VLAPolicy.from_pretrained(checkpoint)
-    return InProcessActor(policy, FutureMaskSpec.parse(mask or policy.config.default_mask), temperature)
 
 
 class RandomActor:

@@ -35,7 +35,7 @@ class ActionTokenizer:
 
     @classmethod
     def fit(cls, actions: np.ndarray, bins: int = 256, chunk: int = 1, clip: tuple[float, float] = (-1.0, 1.0),
-            quantile: float = 0.01) -> "ActionTokenizer":
+            quantile: float = 0.01) -> ActionTokenizer:
         """Statistics from training actions (N, D)."""
         actions = np.asarray(actions, dtype=np.float64)
         low, high = np.quantile(actions, quantile, axis=0), np.quantile(actions, 1 - quantile, axis=0)
@@ -45,7 +45,7 @@ class ActionTokenizer:
                    clip_low=[clip[0]] * dims, clip_high=[clip[1]] * dims)
 
     @classmethod
-    def discrete(cls, num_actions: int, chunk: int = 1) -> "ActionTokenizer":
+    def discrete(cls, num_actions: int, chunk: int = 1) -> ActionTokenizer:
         return cls("discrete", 1, num_actions, chunk=chunk)
 
     @property
@@ -94,5 +94,5 @@ class ActionTokenizer:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ActionTokenizer":
+    def from_dict(cls, data: dict) -> ActionTokenizer:
         return cls(**data)

@@ -83,7 +83,7 @@ class VLAConfig:
         (Path(folder) / POLICY_FILE).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> "VLAConfig":
+    def load(cls, folder: Path) -> VLAConfig:
         path = Path(folder) / POLICY_FILE
         if not path.exists():
             raise FileNotFoundError(f"{folder} has no {POLICY_FILE}: not an fm-agent policy checkpoint")

@@ -12,21 +12,37 @@ is refused on its own before it can join, and fail, a batch of other clients' re
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from transformers import (AutoModelForImageTextToText, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-                          PreTrainedTokenizerFast, SiglipVisionConfig)
+from transformers import (
+    AutoModelForImageTextToText,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+)
 
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
 from ..attention.generation import decode_one_token, prefill
 from .action_tokenizer import ActionTokenizer
 from .configuration_vla import VLAConfig
-from .text_tokenizer import (ACTION, BOS, FRAME, IMAGE, INSTRUCTION, PROPRIO, QUERY, build_tokenizer, proprio_token,
-                             words)
+from .text_tokenizer import (
+    ACTION,
+    BOS,
+    FRAME,
+    IMAGE,
+    INSTRUCTION,
+    PROPRIO,
+    QUERY,
+    build_tokenizer,
+    proprio_token,
+    words,
+)
 
 Frame = Mapping[str, np.ndarray]  # camera name -> (H, W, 3) uint8
 
@@ -128,7 +144,7 @@ class VLAPolicy:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, config: VLAConfig, instructions: Sequence[str], seed: int = 0) -> "VLAPolicy":
+    def create(cls, config: VLAConfig, instructions: Sequence[str], seed: int = 0) -> VLAPolicy:
         """A new, randomly initialised policy whose vocabulary covers ``instructions``."""
         actions = ActionTokenizer.from_dict(config.action_tokenizer)
         tokenizer = build_tokenizer(instructions, actions.bins, config.proprio_bins)
@@ -146,7 +162,7 @@ class VLAPolicy:
         self.config.save(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "VLAPolicy":
+    def from_pretrained(cls, folder: str | Path) -> VLAPolicy:
         """Load an fm-agent checkpoint, or any local LLaVA-family folder that carries ``fm_agent_policy.json``."""
         folder = Path(folder)
         config = VLAConfig.load(folder)

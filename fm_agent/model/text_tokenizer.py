@@ -8,7 +8,8 @@ proprio bins and action bins, so the action tokenizer can map onto a contiguous 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
@@ -49,3 +50,9 @@ def build_tokenizer(instructions: Iterable[str], action_bins: int, proprio_bins:
                                         unk_token=UNK, additional_special_tokens=SPECIAL[4:])
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def unknown_words(tokenizer_file: Path, instructions: Iterable[str]) -> list[str]:
+    """Instruction words a checkpoint's vocabulary lacks (they become ``<unk>``): sorted, each once."""
+    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab()
+    return sorted({w for text in instructions for w in words(text) if w not in vocab})

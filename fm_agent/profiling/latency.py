@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
+from .config import PROFILE_SPECS
 from .layouts import vla_layout
 
-DEFAULT_SPECS = ("causal", "Mf/prefill", "Mf/full", "Mf+merge", "Mv2v/prefill", "Mv2v/full", "Mv2v+merge",
-                 "Mv2t/prefill", "Mv2t/full", "Mv2t+merge")
+DEFAULT_SPECS = PROFILE_SPECS
 
 
 @dataclass

@@ -9,42 +9,31 @@ memory after the run is where it was before (episodes end, frames are fitted, no
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import random
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image as PILImage
+from tqdm import tqdm
 
-from ..client import PolicyClient, encode_image, pb
+from fm_agent_client import PolicyClient, encode_image, pb
+
+from ..serving.local import LocalServer
+from .config import SoakConfig
 
 CLIENT_ERRORS = ("INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "OUT_OF_RANGE")
 
 
-@dataclass
-class SoakSettings:
-    checkpoint: Path = Path("checkpoints/libero_spatial")
-    server: str | None = None  # an address to soak instead of a server started here
-    episodes: int = 8
-    seconds: float = 60.0
-    bad_fraction: float = 0.2
-    image_size: int = 224
-    server_threads: int = 1
-    seed: int = 0
-    out: Path = Path("runs/soak")
-
-
 def _png(height: int, width: int) -> bytes:
-    from PIL import Image as PILImage
-
     buffer = io.BytesIO()
     PILImage.new("RGB", (width, height)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -98,9 +87,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "max": float(array.max()), "n": len(values)}
 
 
-def run_soak(settings: SoakSettings, progress: Callable[[float], None] | None = None) -> dict:
-    from ..evaluation.grpc_actor import LocalServer
-
+def run_soak(settings: SoakConfig, progress: Callable[[float], None] | None = None) -> dict:
     server = None
     address = settings.server
     if address is None:
@@ -113,7 +100,7 @@ def run_soak(settings: SoakSettings, progress: Callable[[float], None] | None = 
             server.stop()
 
 
-def _soak(address: str, settings: SoakSettings, pid: int | None, progress) -> dict:
+def _soak(address: str, settings: SoakConfig, pid: int | None, progress) -> dict:
     with PolicyClient(address, timeout=30, retries=0) as probe:
         info = probe.info()
     cameras, proprio_dim = [c.name for c in info.cameras], info.proprio_dim
@@ -227,38 +214,19 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = SoakSettings()
-    parser.add_argument("--checkpoint", type=Path, default=defaults.checkpoint, help="policy to serve")
-    parser.add_argument("--server", help="soak this address instead of starting a server")
-    parser.add_argument("--episodes", type=int, default=defaults.episodes, help="concurrent episodes (threads)")
-    parser.add_argument("--seconds", type=float, default=defaults.seconds)
-    parser.add_argument("--bad-fraction", type=float, default=defaults.bad_fraction,
-                        help="share of requests drawn from the hostile classes")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="camera frames sent (pixels)")
-    parser.add_argument("--server-threads", type=int, default=defaults.server_threads)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--out", type=Path, default=defaults.out, help="folder for soak.json")
-
-
-def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    settings = SoakSettings(**{k: getattr(args, k) for k in asdict(SoakSettings()) if hasattr(args, k)})
-    if settings.server is None and not settings.checkpoint.exists():
-        print(f"fm-agent soak: checkpoint {settings.checkpoint} does not exist")
-        return 2
+def write_soak(config: SoakConfig, command: str = "") -> int:
     bar = tqdm(total=100, desc="soak", unit="%")
 
     def progress(fraction: float) -> None:
         bar.n = int(fraction * 100)
         bar.refresh()
 
-    report = run_soak(settings, progress)
+    report = run_soak(config, progress)
     bar.close()
-    settings.out.mkdir(parents=True, exist_ok=True)
-    (settings.out / "soak.json").write_text(json.dumps(report, indent=2))
+    report["command"] = command
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "soak.json").write_text(json.dumps(report, indent=2))
     print(format_report(report))
-    print(f"wrote {settings.out / 'soak.json'}")
+    print(f"wrote {config.out / 'soak.json'}")
     clean = not report["valid"]["failed"] and not report["bad"]["not_a_client_error"]
     return 0 if clean else 1

@@ -15,11 +15,16 @@ import platform
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..attention import FutureMaskSpec, MergeOptions
 from ..model import ActionTokenizer, Observation, VLAConfig, VLAPolicy
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 HEADS = ("autoregressive", "parallel")
 SPECS = {"causal": FutureMaskSpec(), "Mf+merge": FutureMaskSpec("Mf", merge=MergeOptions())}
@@ -102,11 +107,6 @@ def format_step_report(report: dict) -> str:
 
 
 def plot_step_report(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for head in HEADS:
         for label, style in zip(SPECS, ("-o", "--s")):
@@ -126,9 +126,8 @@ def plot_step_report(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(checkpoint: Path, out: Path, chunks: tuple[int, ...], repetitions: int, threads: int) -> int:
-    from tqdm import tqdm
-
+def main(checkpoint: Path, out: Path, chunks: tuple[int, ...], repetitions: int, threads: int,
+         command: str = "") -> int:
     bar = tqdm(total=repetitions, desc="step profile", unit="round")
 
     def progress(done: int, total: int) -> None:
@@ -137,6 +136,7 @@ def main(checkpoint: Path, out: Path, chunks: tuple[int, ...], repetitions: int,
 
     report = run_step_profile(checkpoint, chunks, repetitions, threads, progress)
     bar.close()
+    report["command"] = command
     out.mkdir(parents=True, exist_ok=True)
     (out / "step.json").write_text(json.dumps(report, indent=2))
     plot_step_report(report, out / "step.png")

@@ -25,15 +25,27 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import matplotlib
 import numpy as np
+import torch
+from tqdm import tqdm
+
+from fm_agent_client import PolicyClient
+
+from ..model import Observation, VLAPolicy
+from ..serving.local import LocalServer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 
 def _codec(kind: str) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
     if kind == "msgpack":
-        from openpi_client import msgpack_numpy
+        from openpi_client import msgpack_numpy  # noqa: PLC0415  (optional: openpi's client, benchmark only)
 
         return msgpack_numpy.unpackb, msgpack_numpy.packb
     return pickle.loads, pickle.dumps
@@ -42,10 +54,6 @@ def _codec(kind: str) -> tuple[Callable[[bytes], Any], Callable[[Any], bytes]]:
 def serve_websocket(kind: str, checkpoint: str, threads: int = 1) -> None:
     """Process entry point: a websockets server speaking openpi's protocol shape (metadata first, then
     request/reply) with ``kind`` = msgpack (openpi's msgpack-numpy) or pickle; prints its port."""
-    import torch
-
-    from ..model import VLAPolicy
-
     torch.set_num_threads(threads)
     server, port = _websocket_server(VLAPolicy.from_pretrained(checkpoint), *_codec(kind))
     print(port, flush=True)
@@ -69,9 +77,7 @@ class _WebsocketProcess:
 
 
 def _websocket_server(policy, decode: Callable[[bytes], dict], encode: Callable[[dict], bytes]):
-    from websockets.sync.server import serve
-
-    from ..model import Observation
+    from websockets.sync.server import serve  # noqa: PLC0415  (optional: comes with openpi's client)
 
     def handler(connection) -> None:
         connection.send(encode({}))
@@ -146,12 +152,6 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
     call per turn ("interleaved": every server idles while the others work, as a policy server idles
     while the robot executes a chunk) and once 20 per turn ("blocks": each path's calls back to back).
     ``progress(calls, total, ordering)`` is told of every finished turn."""
-    import torch
-
-    from ..client import PolicyClient
-    from ..evaluation.grpc_actor import LocalServer
-    from ..model import Observation, VLAPolicy
-
     torch.set_num_threads(1)
     policy = VLAPolicy.from_pretrained(checkpoint)
     rng = np.random.default_rng(0)
@@ -187,7 +187,7 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
                                                          proprio).latency["server_ms"],
         }
         try:
-            from openpi_client.websocket_client_policy import WebsocketClientPolicy
+            from openpi_client.websocket_client_policy import WebsocketClientPolicy  # noqa: PLC0415  (optional)
 
             ws = _WebsocketProcess("msgpack", checkpoint)
             stack.callback(ws.stop)
@@ -196,7 +196,7 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
         except ImportError as error:
             report["skipped"]["openpi_msgpack_websocket"] = f"openpi-client not installed ({error})"
         try:
-            from websockets.sync.client import connect
+            from websockets.sync.client import connect  # noqa: PLC0415  (optional)
 
             ws_pickle = _WebsocketProcess("pickle", checkpoint)
             stack.callback(ws_pickle.stop)
@@ -233,8 +233,6 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
 
 
 def _throughput(address: str, images, proprio, instruction: str, episodes: int, steps: int) -> dict[str, float]:
-    from ..client import PolicyClient
-
     barrier = threading.Barrier(episodes + 1)
 
     def run() -> None:
@@ -285,16 +283,11 @@ def format_report(report: dict[str, Any]) -> str:
 
 def plot_report(report: dict[str, Any], path: Path) -> None:
     """Transport (round trip minus server time) per path, quartiles and p95, one panel per ordering."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     orderings = report["orderings"]
     fig, axes = plt.subplots(1, len(orderings), figsize=(5.5 * len(orderings), 3.6), sharey=True, squeeze=False)
     for ax, (ordering, result) in zip(axes[0], orderings.items()):
         rows = [(LABELS.get(n, n), r["transport"]) for n, r in result["paths"].items() if "transport" in r]
-        for i, (label, t) in enumerate(rows):
+        for i, (_label, t) in enumerate(rows):
             ax.plot([i, i], [t["p25_ms"], t["p75_ms"]], lw=8, color="C0", alpha=0.5, solid_capstyle="butt")
             ax.plot([i, i], [t["p75_ms"], t["p95_ms"]], lw=1, color="C0")
             ax.plot(i, t["p50_ms"], "o", color="C3")
@@ -311,9 +304,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(checkpoint: Path, out: Path, repeats: int) -> int:
-    from tqdm import tqdm
-
+def main(checkpoint: Path, out: Path, repeats: int, command: str = "") -> int:
     bar = tqdm(desc="transport calls", unit="call", mininterval=1.0)
 
     def progress(calls: int, total: int, ordering: str) -> None:
@@ -323,7 +314,7 @@ def main(checkpoint: Path, out: Path, repeats: int) -> int:
 
     report = run_transport_benchmark(checkpoint, repeats, progress=progress)
     bar.close()
-    report["command"] = " ".join(sys.argv)
+    report["command"] = command
     out.mkdir(parents=True, exist_ok=True)
     (out / "transport.json").write_text(json.dumps(report, indent=2))
     plot_report(report, out / "transport.png")

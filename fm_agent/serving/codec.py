@@ -12,8 +12,9 @@ import io
 import numpy as np
 from PIL import Image as PILImage
 
-from ..attention import FutureMaskSpec, MergeOptions
-from ..v1 import policy_pb2 as pb
+from fm_agent_client.masks import FutureMaskSpec
+from fm_agent_client.v1 import policy_pb2 as pb
+
 from .errors import RequestError, invalid
 from .limits import MERGE_BOUND, Limits, shorten
 
@@ -96,8 +97,6 @@ def decode_observation(observation: pb.Observation, cameras: list[str], proprio_
 def spec_from_message(options: pb.MaskOptions, default: FutureMaskSpec, prompt_length: int) -> FutureMaskSpec:
     """The episode's mask spec; merge windows and slots may not exceed the prompt (``prompt_length`` tokens),
     the most any of them can cover."""
-    if not options.mask and not options.merge and not options.decode_mode:
-        return default
     for field in ("merge_kernel", "merge_slots"):
         value = getattr(options, field)
         if value > prompt_length:
@@ -106,18 +105,6 @@ def spec_from_message(options: pb.MaskOptions, default: FutureMaskSpec, prompt_l
         if len(getattr(options, field)) > 16:
             raise invalid(f"{field} {shorten(getattr(options, field))} is not a known value")
     try:
-        merge = None
-        if options.merge:
-            merge = MergeOptions(op=options.merge_op or "max", kernel=options.merge_kernel or 3,
-                                 slots=options.merge_slots or 1)  # type: ignore[arg-type]
-        return FutureMaskSpec(mask=options.mask or "causal", merge=merge,  # type: ignore[arg-type]
-                              decode_mode=options.decode_mode or "prefill")  # type: ignore[arg-type]
+        return FutureMaskSpec.from_message(options, default)
     except (ValueError, TypeError) as error:
         raise invalid(str(error)) from None
-
-
-def spec_to_message(spec: FutureMaskSpec) -> pb.MaskOptions:
-    message = pb.MaskOptions(mask=spec.mask, merge=spec.merge is not None, decode_mode=spec.decode_mode)
-    if spec.merge is not None:
-        message.merge_op, message.merge_kernel, message.merge_slots = spec.merge.op, spec.merge.kernel, spec.merge.slots
-    return message

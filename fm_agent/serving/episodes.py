@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+
 from ..attention import FutureMaskSpec
 from .errors import RequestError
 from .limits import shorten

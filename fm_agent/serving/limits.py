@@ -9,6 +9,9 @@ policy at start-up; the flags can only lower them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
 
 MERGE_BOUND = "the prompt's length"
 
@@ -18,20 +21,24 @@ class Limits:
     # An instruction is bounded twice: by characters before it is split into words (so splitting a
     # megabyte never happens), then by words against what the model's context holds.
     max_instruction_chars: int = 2048
-    max_instruction_words: int | None = None  # None = all the context holds (VLAPolicy.prompt_capacity)
+    max_instruction_words: int | None = None
+    """default: all the model's context holds beside frames, proprio and actions (VLAPolicy.prompt_capacity)"""
     # One camera image, read from the PNG/JPEG header before anything is decoded. 1 MP covers the
     # 224x224 to 640x480 frames robot cameras send; the model fits every frame to its own size.
     max_image_pixels: int = 1024 * 1024
+    """width x height of one camera image (PNG/JPEG: read from the header)"""
     max_image_side: int = 4096
     # Act requests waiting for (or inside) the model worker, all episodes together. Beyond it a
     # request is refused at once with RESOURCE_EXHAUSTED instead of queueing behind minutes of work.
     max_queued_requests: int = 64
+    """Act requests waiting for the model, all episodes together (then RESOURCE_EXHAUSTED)"""
     # Concurrent RPCs the server accepts (gRPC refuses more with RESOURCE_EXHAUSTED); together with
     # the message size this bounds the memory held by requests in flight.
     max_concurrent_rpcs: int = 128
     # The model worker is declared stalled (health NOT_SERVING, new Acts UNAVAILABLE) when one batch
     # has been running this long; it must exceed the slowest legitimate batch of the served model.
-    stall_timeout_s: float = 60.0
+    stall_timeout_s: Annotated[float, tyro.conf.arg(name="stall-timeout")] = 60.0
+    """seconds one batch may run before health says NOT_SERVING and Acts fail fast"""
 
     def __post_init__(self) -> None:
         for name in ("max_instruction_chars", "max_image_pixels", "max_image_side", "max_queued_requests",

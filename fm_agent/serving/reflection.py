@@ -8,7 +8,7 @@ describe the reflection service itself find it.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_reflection.v1alpha import reflection as reflection_v1alpha

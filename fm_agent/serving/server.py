@@ -18,25 +18,28 @@ import hmac
 import json
 import logging
 import math
+import os
 import signal
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fm_agent_client.v1 import policy_pb2 as pb
+
 from .. import __version__
 from ..attention import MASK_KINDS, FutureMaskSpec
 from ..model import Observation, PreparedObservation, VLAPolicy, step_generator
 from ..model.text_tokenizer import words
-from ..v1 import policy_pb2 as pb
 from .batching import ModelWorker, QueueFull
-from .codec import decode_observation, spec_from_message, spec_to_message
+from .codec import decode_observation, spec_from_message
 from .episodes import Episode, EpisodeStore
 from .errors import ErrorReporter, RequestError, invalid
 from .limits import Limits
@@ -127,7 +130,7 @@ class PolicyServicer:
             model_name=self.settings.model_name, model_version=__version__, action_space=space,
             cameras=[pb.CameraSpec(name=c, height=cfg.image_size, width=cfg.image_size) for c in cfg.cameras],
             history=cfg.history, proprio_dim=cfg.proprio_dim, available_masks=list(MASK_KINDS),
-            default_mask=spec_to_message(self.default_spec), max_message_bytes=self.settings.max_message_bytes,
+            default_mask=self.default_spec.to_message(), max_message_bytes=self.settings.max_message_bytes,
             default_temperature=self.policy.config.temperature,
             limits=pb.ServerLimits(max_instruction_chars=limits.max_instruction_chars,
                                    max_instruction_words=self.max_instruction_words,
@@ -362,17 +365,35 @@ class PolicyServer:
         log.info(json.dumps({"event": "stopped"}))
 
 
-async def serve(policy: VLAPolicy, settings: ServerSettings, ready: asyncio.Event | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight calls, return 0."""
+def write_ready_file(path: Path, address: str) -> None:
+    """``{"address": "host:port", "pid": N}``, renamed into place so a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    os.replace(partial, path)
+
+
+async def serve(policy: VLAPolicy, settings: ServerSettings, ready: asyncio.Event | None = None,
+                ready_file: Path | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight calls, return 0.
+
+    Readiness is signalled once the port is bound and health says SERVING: ``ready`` is set (in
+    process) and ``ready_file`` is written (for a parent process; removed again at exit)."""
     server = PolicyServer(policy, settings)
     port = await server.start()
-    print(f"fm-agent serving {settings.model_name or 'policy'} on {settings.host}:{port}", flush=True)
+    address = f"{settings.host}:{port}"
+    print(f"fm-agent serving {settings.model_name or 'policy'} on {address}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if ready_file is not None:
+        write_ready_file(ready_file, address)
     if ready is not None:
         ready.set()
-    await stop.wait()
-    await server.stop()
+    try:
+        await stop.wait()
+        await server.stop()
+    finally:
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
     return 0

@@ -11,16 +11,20 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
+import matplotlib
 import numpy as np
 import torch
 
 from ..attention import FutureAttention, FutureMaskSpec
-from .data import EpisodeArrays, Sample, action_chunk, all_samples, history_frames
-from .modeling_vla import Observation, VLAPolicy
+from ..data.episodes import EpisodeArrays, Sample, action_chunk, all_samples, history_frames
+from ..model import Observation, VLAPolicy
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 CHECKPOINT_STATE = "training_state.pt"
 
@@ -219,11 +223,6 @@ def train(policy: VLAPolicy, train_eps: Sequence[EpisodeArrays], val_eps: Sequen
 
 
 def plot_losses(log: TrainLog, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     window = max(1, len(log.loss) // 100)
     smooth = np.convolve(log.loss, np.ones(window) / window, mode="valid") if log.loss else []

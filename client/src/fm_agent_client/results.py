@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..v1 import policy_pb2 as pb
+from .v1 import policy_pb2 as pb
 
 
 @dataclass
@@ -17,7 +17,7 @@ class ActResult:
     response: pb.ActResponse
 
     @classmethod
-    def from_response(cls, response: pb.ActResponse) -> "ActResult":
+    def from_response(cls, response: pb.ActResponse) -> ActResult:
         if response.discrete_actions:
             actions = np.asarray(response.discrete_actions, dtype=np.int64)
         else:

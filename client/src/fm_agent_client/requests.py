@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..v1 import policy_pb2 as pb
+from .masks import FutureMaskSpec
+from .v1 import policy_pb2 as pb
 
 
 def _checked_raw(camera: str, image: Any) -> np.ndarray:
@@ -44,7 +46,7 @@ def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality:
     image = _checked_raw(camera, image)
     if encoding == "raw":
         return pb.Image(data=image.tobytes(), **_image_header(camera, image))
-    from PIL import Image as PILImage  # only needed for compressed images
+    from PIL import Image as PILImage  # noqa: PLC0415  (optional: the [images] extra, for PNG/JPEG only)
 
     buffer = io.BytesIO()
     kind = {"png": ("PNG", pb.Image.PNG), "jpeg": ("JPEG", pb.Image.JPEG)}.get(encoding)
@@ -54,13 +56,25 @@ def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality:
     return pb.Image(data=buffer.getvalue(), **_image_header(camera, image, kind[1]))
 
 
-def mask_options(mask: str = "", merge: bool = False, decode_mode: str = "", merge_op: str = "",
+def mask_options(mask: str | FutureMaskSpec = "", merge: bool = False, decode_mode: str = "", merge_op: str = "",
                  merge_kernel: int = 0, merge_slots: int = 0) -> pb.MaskOptions:
-    return pb.MaskOptions(mask=mask, merge=merge, decode_mode=decode_mode, merge_op=merge_op,
-                          merge_kernel=merge_kernel, merge_slots=merge_slots)
+    """The wire form of a mask request.
+
+    ``mask`` is a :class:`FutureMaskSpec` or a label (``Mf+merge(k=5)``, ``Mv2t/full``: parsed here,
+    so a typo fails before any call); a bare kind (``Mf``) may instead be combined with the separate
+    fields, which go to the server as given (the server validates them). "" = the server's default.
+    """
+    separate = merge or decode_mode or merge_op or merge_kernel or merge_slots
+    if isinstance(mask, str) and not any(mark in mask for mark in "+/("):
+        return pb.MaskOptions(mask=mask, merge=merge, decode_mode=decode_mode, merge_op=merge_op,
+                              merge_kernel=merge_kernel, merge_slots=merge_slots)
+    if separate:
+        raise ValueError(f"mask {str(mask)!r} is a full spec already; leave merge/decode_mode/merge_* unset")
+    return (mask if isinstance(mask, FutureMaskSpec) else FutureMaskSpec.parse(mask)).to_message()
 
 
-def start_request(instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "", seed: int = 0,
+def start_request(instruction: str, mask: str | FutureMaskSpec = "", merge: bool = False, decode_mode: str = "",
+                  seed: int = 0,
                   temperature: float | None = None, **merge_options: Any) -> pb.StartEpisodeRequest:
     request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
                                      mask=mask_options(mask, merge, decode_mode, **merge_options))

@@ -18,14 +18,15 @@ public threaded stream. Both paths send the same bytes, and a test runs both.
 from __future__ import annotations
 
 import queue
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
-from ..v1 import policy_pb2 as pb
 from .requests import SERVICE_PATH, encode_act_request, prebuilt
 from .results import ActResult
+from .v1 import policy_pb2 as pb
 
 METHOD = SERVICE_PATH + "StreamAct"
 
@@ -55,7 +56,7 @@ class _CallerDrivenStream:
     the last one, so it must not be polled after that."""
 
     def __init__(self, channel: grpc.Channel, metadata: Any) -> None:
-        from grpc._cython import cygrpc  # internal: see the module docstring
+        from grpc._cython import cygrpc  # noqa: PLC0415  (grpcio internals, only for this driver: see the module docstring)
 
         self._cygrpc = cygrpc
         metadata = tuple(metadata or ())
@@ -185,7 +186,7 @@ class ActStream:
     def close(self) -> None:
         self._stream.close()
 
-    def __enter__(self) -> "ActStream":
+    def __enter__(self) -> ActStream:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,9 +1,9 @@
 """A light client for the fm-agent policy server: grpcio, protobuf and numpy only (no torch).
 
-    from fm_agent.client import PolicyClient
+    from fm_agent_client import PolicyClient
 
     with PolicyClient("127.0.0.1:50051") as client:
-        episode = client.start_episode("put the bowl on the plate", mask="Mf", merge=True)
+        episode = client.start_episode("put the bowl on the plate", mask="Mf+merge")
         actions = client.act(episode, {"agentview": rgb, "wrist": rgb2}, proprio=state).actions
 
 Calls carry a deadline; ``UNAVAILABLE`` (server restarting, connection refused) is retried with
@@ -15,23 +15,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 
-from ..v1 import policy_pb2 as pb
-from ..v1 import policy_pb2_grpc as pb_grpc
+from .masks import ALL_SPEC_LABELS, MASK_KINDS, FutureMaskSpec, MergeOptions
 from .requests import act_request, encode_act_request, encode_image, mask_options, prebuilt, start_request
 from .results import ActResult
 from .stream import ActStream, StreamActError
+from .v1 import policy_pb2 as pb
+from .v1 import policy_pb2_grpc as pb_grpc
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 
-__all__ = ["ActResult", "ActStream", "AsyncPolicyClient", "PolicyClient", "RetryPolicy", "StreamActError",
-           "act_request", "encode_act_request", "encode_image", "mask_options", "pb", "start_request"]
+__all__ = ["ALL_SPEC_LABELS", "MASK_KINDS", "ActResult", "ActStream", "AsyncPolicyClient", "FutureMaskSpec",
+           "MergeOptions", "PolicyClient", "RetryPolicy", "StreamActError", "act_request", "encode_act_request", "encode_image", "mask_options", "pb", "start_request"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,12 @@ class PolicyClient:
     def info(self) -> pb.PolicyInfo:
         return self._call(self.stub.GetInfo, pb.GetInfoRequest())
 
-    def start_episode(self, instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "",
-                      seed: int = 0, temperature: float | None = None, **merge_options: Any) -> str:
-        """``temperature``: action sampling (0 = greedy, None = the policy's default); ``seed`` seeds it."""
+    def start_episode(self, instruction: str, mask: str | FutureMaskSpec = "", merge: bool = False,
+                      decode_mode: str = "", seed: int = 0, temperature: float | None = None,
+                      **merge_options: Any) -> str:
+        """``mask``: a spec or label such as ``Mf+merge(k=5)`` (see :mod:`fm_agent_client.masks`; "" = the
+        server's default); ``temperature``: action sampling (0 = greedy, None = the policy's default);
+        ``seed`` seeds it."""
         return self._call(self.stub.StartEpisode, start_request(instruction, mask, merge, decode_mode, seed,
                                                                 temperature, **merge_options)).episode_id
 
@@ -118,7 +123,7 @@ class PolicyClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "PolicyClient":
+    def __enter__(self) -> PolicyClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -156,8 +161,8 @@ class AsyncPolicyClient:
     async def info(self) -> pb.PolicyInfo:
         return await self._call(self.stub.GetInfo, pb.GetInfoRequest())
 
-    async def start_episode(self, instruction: str, mask: str = "", merge: bool = False, decode_mode: str = "",
-                            seed: int = 0, temperature: float | None = None, **merge_options: Any) -> str:
+    async def start_episode(self, instruction: str, mask: str | FutureMaskSpec = "", merge: bool = False,
+                            decode_mode: str = "", seed: int = 0, temperature: float | None = None, **merge_options: Any) -> str:
         request = start_request(instruction, mask, merge, decode_mode, seed, temperature, **merge_options)
         return (await self._call(self.stub.StartEpisode, request)).episode_id
 
@@ -172,7 +177,7 @@ class AsyncPolicyClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def __aenter__(self) -> "AsyncPolicyClient":
+    async def __aenter__(self) -> AsyncPolicyClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from fm_agent.v1 import policy_pb2 as fm__agent_dot_v1_dot_policy__pb2
+from fm_agent_client.v1 import policy_pb2 as fm__agent__client_dot_v1_dot_policy__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in fm_agent/v1/policy_pb2_grpc.py depends on'
+        + ' but the generated code in fm_agent_client/v1/policy_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,28 +36,28 @@ class PolicyServiceStub:
         """
         self.GetInfo = channel.unary_unary(
                 '/fm_agent.v1.PolicyService/GetInfo',
-                request_serializer=fm__agent_dot_v1_dot_policy__pb2.GetInfoRequest.SerializeToString,
-                response_deserializer=fm__agent_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
+                request_serializer=fm__agent__client_dot_v1_dot_policy__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
                 _registered_method=True)
         self.StartEpisode = channel.unary_unary(
                 '/fm_agent.v1.PolicyService/StartEpisode',
-                request_serializer=fm__agent_dot_v1_dot_policy__pb2.StartEpisodeRequest.SerializeToString,
-                response_deserializer=fm__agent_dot_v1_dot_policy__pb2.StartEpisodeResponse.FromString,
+                request_serializer=fm__agent__client_dot_v1_dot_policy__pb2.StartEpisodeRequest.SerializeToString,
+                response_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.StartEpisodeResponse.FromString,
                 _registered_method=True)
         self.EndEpisode = channel.unary_unary(
                 '/fm_agent.v1.PolicyService/EndEpisode',
-                request_serializer=fm__agent_dot_v1_dot_policy__pb2.EndEpisodeRequest.SerializeToString,
-                response_deserializer=fm__agent_dot_v1_dot_policy__pb2.EndEpisodeResponse.FromString,
+                request_serializer=fm__agent__client_dot_v1_dot_policy__pb2.EndEpisodeRequest.SerializeToString,
+                response_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.EndEpisodeResponse.FromString,
                 _registered_method=True)
         self.Act = channel.unary_unary(
                 '/fm_agent.v1.PolicyService/Act',
-                request_serializer=fm__agent_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-                response_deserializer=fm__agent_dot_v1_dot_policy__pb2.ActResponse.FromString,
+                request_serializer=fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+                response_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
                 _registered_method=True)
         self.StreamAct = channel.stream_stream(
                 '/fm_agent.v1.PolicyService/StreamAct',
-                request_serializer=fm__agent_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-                response_deserializer=fm__agent_dot_v1_dot_policy__pb2.ActResponse.FromString,
+                request_serializer=fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+                response_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
                 _registered_method=True)
 
 
@@ -103,28 +103,28 @@ def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInfo,
-                    request_deserializer=fm__agent_dot_v1_dot_policy__pb2.GetInfoRequest.FromString,
-                    response_serializer=fm__agent_dot_v1_dot_policy__pb2.PolicyInfo.SerializeToString,
+                    request_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.GetInfoRequest.FromString,
+                    response_serializer=fm__agent__client_dot_v1_dot_policy__pb2.PolicyInfo.SerializeToString,
             ),
             'StartEpisode': grpc.unary_unary_rpc_method_handler(
                     servicer.StartEpisode,
-                    request_deserializer=fm__agent_dot_v1_dot_policy__pb2.StartEpisodeRequest.FromString,
-                    response_serializer=fm__agent_dot_v1_dot_policy__pb2.StartEpisodeResponse.SerializeToString,
+                    request_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.StartEpisodeRequest.FromString,
+                    response_serializer=fm__agent__client_dot_v1_dot_policy__pb2.StartEpisodeResponse.SerializeToString,
             ),
             'EndEpisode': grpc.unary_unary_rpc_method_handler(
                     servicer.EndEpisode,
-                    request_deserializer=fm__agent_dot_v1_dot_policy__pb2.EndEpisodeRequest.FromString,
-                    response_serializer=fm__agent_dot_v1_dot_policy__pb2.EndEpisodeResponse.SerializeToString,
+                    request_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.EndEpisodeRequest.FromString,
+                    response_serializer=fm__agent__client_dot_v1_dot_policy__pb2.EndEpisodeResponse.SerializeToString,
             ),
             'Act': grpc.unary_unary_rpc_method_handler(
                     servicer.Act,
-                    request_deserializer=fm__agent_dot_v1_dot_policy__pb2.ActRequest.FromString,
-                    response_serializer=fm__agent_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
+                    request_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.FromString,
+                    response_serializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
             ),
             'StreamAct': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamAct,
-                    request_deserializer=fm__agent_dot_v1_dot_policy__pb2.ActRequest.FromString,
-                    response_serializer=fm__agent_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
+                    request_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.FromString,
+                    response_serializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -152,8 +152,8 @@ class PolicyService:
             request,
             target,
             '/fm_agent.v1.PolicyService/GetInfo',
-            fm__agent_dot_v1_dot_policy__pb2.GetInfoRequest.SerializeToString,
-            fm__agent_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
+            fm__agent__client_dot_v1_dot_policy__pb2.GetInfoRequest.SerializeToString,
+            fm__agent__client_dot_v1_dot_policy__pb2.PolicyInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -179,8 +179,8 @@ class PolicyService:
             request,
             target,
             '/fm_agent.v1.PolicyService/StartEpisode',
-            fm__agent_dot_v1_dot_policy__pb2.StartEpisodeRequest.SerializeToString,
-            fm__agent_dot_v1_dot_policy__pb2.StartEpisodeResponse.FromString,
+            fm__agent__client_dot_v1_dot_policy__pb2.StartEpisodeRequest.SerializeToString,
+            fm__agent__client_dot_v1_dot_policy__pb2.StartEpisodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -206,8 +206,8 @@ class PolicyService:
             request,
             target,
             '/fm_agent.v1.PolicyService/EndEpisode',
-            fm__agent_dot_v1_dot_policy__pb2.EndEpisodeRequest.SerializeToString,
-            fm__agent_dot_v1_dot_policy__pb2.EndEpisodeResponse.FromString,
+            fm__agent__client_dot_v1_dot_policy__pb2.EndEpisodeRequest.SerializeToString,
+            fm__agent__client_dot_v1_dot_policy__pb2.EndEpisodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -233,8 +233,8 @@ class PolicyService:
             request,
             target,
             '/fm_agent.v1.PolicyService/Act',
-            fm__agent_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-            fm__agent_dot_v1_dot_policy__pb2.ActResponse.FromString,
+            fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+            fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -260,8 +260,8 @@ class PolicyService:
             request_iterator,
             target,
             '/fm_agent.v1.PolicyService/StreamAct',
-            fm__agent_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
-            fm__agent_dot_v1_dot_policy__pb2.ActResponse.FromString,
+            fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+            fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
             options,
             channel_credentials,
             insecure,

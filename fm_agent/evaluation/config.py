@@ -1,0 +1,176 @@
+"""What an evaluation runs: LIBERO or BabyAI through the policy server, in process, or a diagnostic.
+
+Light on purpose (no torch, no simulator): the CLI parses these for every sub-command. The checks
+that need the simulators' catalogues (does the suite exist, are its files installed) run in
+``fm_agent.evaluation.jobs`` before any server or simulator starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..jobs import ConfigError, check_masks
+
+
+def _at_least(value: int | None, low: int, flag: str) -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"{flag} must be >= {low}, got {value}")
+
+
+@dataclass(kw_only=True)
+class ServerEvalConfig:
+    """Episodes through the gRPC policy server (a local one, or --server): what every server-side evaluation shares."""
+
+    checkpoint: Path = Path("checkpoints/libero_spatial")
+    """policy served by a local server"""
+    server: str | None = None
+    """address of a running server (host:port) instead of a local one"""
+    masks: tuple[str, ...] = ("causal",)
+    """mask labels, several = a sweep over the same episodes: causal Mf Mf/full Mf+merge Mf+merge(k=5) ..."""
+    seed: int = 1000
+    """seed of episode 0 (episode i uses seed + i)"""
+    max_steps: int | None = None
+    """cap on control steps per episode (default: the protocol's)"""
+    success_within: tuple[int, ...] = ()
+    """also count the successes reached within N steps (read off the same episodes)"""
+    workers: int = 1
+    """parallel environment processes"""
+    videos: int = 0
+    """save MP4s of the first N episodes per task and mask"""
+    out: Path | None = None
+    """results folder (resumable); default runs/<job name>"""
+    server_threads: int | None = None
+    """torch threads of the local server (default: the cores the simulator workers leave, at least 1)"""
+    retries: int = 1
+    """re-runs of an episode after a server/env failure"""
+    temperature: float | None = None
+    """action sampling temperature, 0 = greedy (default: the checkpoint's own); each episode's seed seeds its draws"""
+
+    def validate(self) -> None:
+        check_masks(self.masks)
+        _at_least(self.workers, 1, "--workers")
+        _at_least(self.max_steps, 1, "--max-steps")
+        _at_least(self.server_threads, 1, "--server-threads")
+        _at_least(self.retries, 0, "--retries")
+        _at_least(self.videos, 0, "--videos")
+        if self.temperature is not None and not 0 <= self.temperature <= 100:
+            raise ConfigError(f"--temperature must be within [0, 100], got {self.temperature}")
+        if self.server is None and not self.checkpoint.exists():
+            raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
+
+
+@dataclass(kw_only=True)
+class LiberoEvalConfig(ServerEvalConfig):
+    """LIBERO through the policy server, standard protocol: each episode restores one of the task's 50
+    official initial states, waits 10 no-op steps and runs for at most the suite's step budget (220
+    spatial, 280 object, 300 goal, 520 libero_10, 400 libero_90). Re-running resumes."""
+
+    suite: str = "libero_spatial"
+    """any bundled suite, LIBERO-PRO variants included"""
+    tasks: tuple[int, ...] | None = None
+    """task indices (default: all)"""
+    init_states: tuple[int, ...] | None = None
+    """initial-state indices (default: 0..episodes-1)"""
+    episodes: int = 50
+    """initial states per task when --init-states is not given"""
+    image_size: int | None = None
+    """camera size (default: the checkpoint's)"""
+    render: Literal["full", "none"] = "full"
+    """'none' = no cameras, for smoke tests of the loop only (never for reported numbers)"""
+
+    def validate(self) -> None:
+        super().validate()
+        _at_least(self.episodes, 1, "--episodes")
+        _at_least(self.image_size, 8, "--image-size")
+        bad = [s for s in self.init_states or () if not 0 <= s < 50]
+        if bad:
+            raise ConfigError(f"--init-states: {bad[0]} is not one of the 50 official initial states (0-49)")
+
+    def states(self) -> list[int]:
+        return list(self.init_states) if self.init_states is not None else list(range(self.episodes))
+
+
+@dataclass(kw_only=True)
+class BabyAIEvalConfig(ServerEvalConfig):
+    """BabyAI levels (the ALFRED-style world) through the policy server. Re-running resumes."""
+
+    checkpoint: Path = Path("checkpoints/babyai_opendoors")
+    """policy served by a local server"""
+    levels: tuple[str, ...] | None = None
+    """BabyAI level ids (default: the levels the checkpoint was trained on, from its fm_agent_policy.json)"""
+    episodes: int = 20
+    """episodes per level and mask"""
+    image_size: int = 56
+
+    def validate(self) -> None:
+        super().validate()
+        _at_least(self.episodes, 1, "--episodes")
+        _at_least(self.image_size, 8, "--image-size")
+
+
+@dataclass(kw_only=True)
+class LocalEvalConfig:
+    """Quick in-process evaluation (no server): success rate and latency per mask, or the random baseline."""
+
+    checkpoint: Path | None = None
+    random_baseline: bool = False
+    """act uniformly at random instead of a checkpoint (the floor to read success rates against)"""
+    env: tuple[str, ...]
+    """environment name(s), e.g. libero:libero_spatial/0 babyai:BabyAI-GoToSeqS5R2-v0"""
+    episodes: int = 20
+    """episodes per environment and mask"""
+    masks: tuple[str, ...] = ("causal",)
+    """mask labels, e.g. causal Mf/prefill Mf+merge"""
+    seed: int = 100_000
+    """first episode seed (demonstrations use 0..)"""
+    max_steps: int | None = None
+    """cap on steps per episode (default: the environment's own)"""
+    success_within: tuple[int, ...] = ()
+    """also count the successes reached within N steps (read off the same episodes)"""
+    threads: int = 1
+    temperature: float | None = None
+    """action sampling, 0 = greedy (default: the checkpoint's); episode i's draws are seeded with its seed"""
+    out: Path = Path("runs/eval")
+    image_size: int = 56
+    """rendered image size with --random-baseline"""
+
+    def validate(self) -> None:
+        if (self.checkpoint is None) == (not self.random_baseline):
+            raise ConfigError("give either --checkpoint or --random-baseline")
+        if self.checkpoint is not None and not self.checkpoint.exists():
+            raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
+        check_masks(self.masks)
+        _at_least(self.episodes, 1, "--episodes")
+        _at_least(self.max_steps, 1, "--max-steps")
+        if not self.env:
+            raise ConfigError("--env: give at least one environment")
+
+
+@dataclass(kw_only=True)
+class DoorErrorsConfig:
+    """Where a BabyAI door-opening policy goes wrong: every toggle in front of a door, classified
+    (target opened; a wrong door while the target is visible, was seen recently, or unseen; a door
+    closed), per mask, on the same seeds and sampling draws as eval-local."""
+
+    checkpoint: Path
+    env: str = "babyai:BabyAI-OpenDoorsOrderN4-v0"
+    """a BabyAI Open* level"""
+    episodes: int = 100
+    seed: int = 100_000
+    """first episode seed"""
+    masks: tuple[str, ...] = ("causal",)
+    max_steps: int = 150
+    temperature: float | None = None
+    """default: the checkpoint's"""
+    threads: int = 1
+    out: Path = field(default=Path("runs/door_errors"))
+
+    def validate(self) -> None:
+        if not self.checkpoint.exists():
+            raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
+        if not self.env.startswith("babyai:BabyAI-Open"):
+            raise ConfigError(f"--env {self.env!r}: door errors are defined on BabyAI Open* levels")
+        check_masks(self.masks)
+        _at_least(self.episodes, 1, "--episodes")

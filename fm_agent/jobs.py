@@ -1,0 +1,77 @@
+"""Every job the package runs, by name: its config dataclass and its runner.
+
+A job is a frozen-ish config dataclass (in a light ``config`` module of its concern's folder, so the
+CLI can list and parse every job without importing torch) and a runner ``run(config, command) ->
+exit code`` (in that folder's ``jobs`` module, imported only when the job runs). The ``fm-agent`` CLI
+derives one sub-command per entry, flags from the dataclass fields; ``launch/*.py`` are shims over
+the same entries. ``command`` is the command line to record in results.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fm_agent_client.masks import FutureMaskSpec
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, found before anything started (no server, no simulator, no episode)."""
+
+
+def check_masks(labels: tuple[str, ...], flag: str = "--masks") -> None:
+    """Every label parses (``causal``, ``Mf/full``, ``Mf+merge(k=5)``, ...), else ConfigError."""
+    if not labels:
+        raise ConfigError(f"{flag}: give at least one mask")
+    for label in labels:
+        try:
+            FutureMaskSpec.parse(label)
+        except ValueError as error:
+            raise ConfigError(f"{flag}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    config: str  # "module:Class"
+    runner: str  # "module:function"
+    help: str
+
+    def config_class(self) -> type:
+        return _resolve(self.config)
+
+    def run(self, config: Any, command: str) -> int:
+        runner: Callable[[Any, str], int] = _resolve(self.runner)
+        return runner(config, command)
+
+
+def _resolve(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+JOBS: dict[str, Job] = {
+    "serve": Job("fm_agent.serving.config:ServeConfig", "fm_agent.serving.jobs:run_serve",
+                 "run the gRPC policy server"),
+    "eval-libero": Job("fm_agent.evaluation.config:LiberoEvalConfig", "fm_agent.evaluation.jobs:run_libero_eval",
+                       "success rate and latency on LIBERO through the policy server (standard protocol)"),
+    "eval-babyai": Job("fm_agent.evaluation.config:BabyAIEvalConfig", "fm_agent.evaluation.jobs:run_babyai_eval",
+                       "success rate and latency on BabyAI (the ALFRED-style world) through the policy server"),
+    "eval-local": Job("fm_agent.evaluation.config:LocalEvalConfig", "fm_agent.evaluation.jobs:run_local_eval",
+                      "quick in-process evaluation of a checkpoint or the random baseline (no server)"),
+    "door-errors": Job("fm_agent.evaluation.config:DoorErrorsConfig", "fm_agent.evaluation.diagnostics:run_door_errors",
+                       "diagnostic: classify every door toggle of a BabyAI Open* policy"),
+    "train": Job("fm_agent.training.config:TrainConfig", "fm_agent.training.jobs:run_train",
+                 "behaviour cloning on recorded demonstrations"),
+    "record": Job("fm_agent.data.config:RecordConfig", "fm_agent.data.jobs:run_record",
+                  "record expert demonstrations (or measure expert success)"),
+    "dagger": Job("fm_agent.data.config:DaggerConfig", "fm_agent.data.jobs:run_dagger",
+                  "DAgger: the policy acts, the expert labels every state it visits"),
+    "profile": Job("fm_agent.profiling.config:ProfileConfig", "fm_agent.profiling.jobs:run_profile",
+                   "prefill/decode latency of every mask, a control step per chunk, or the transport (JSON + PNG)"),
+    "soak": Job("fm_agent.profiling.config:SoakConfig", "fm_agent.profiling.jobs:run_soak",
+                "load/soak the server: valid traffic mixed with hostile requests"),
+    "masks": Job("fm_agent.profiling.config:MasksConfig", "fm_agent.profiling.jobs:show_masks",
+                 "print which keys each query may see under a mask"),
+}

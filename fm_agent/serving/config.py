@@ -1,0 +1,85 @@
+"""``fm-agent serve``: what the server is started with."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from fm_agent_client.masks import FutureMaskSpec
+
+from ..jobs import ConfigError
+from .limits import Limits
+
+DEFAULT_CHECKPOINT = Path("checkpoints/libero_spatial")
+
+
+@dataclass
+class ServeConfig:
+    """Serve a policy over gRPC (with the standard health and reflection services)."""
+
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    """policy folder (default: the embedded LIBERO policy)"""
+    host: str = "127.0.0.1"
+    port: int = 50051
+    """0 picks a free port (printed at start, and written to --ready-file)"""
+    mask: str = "causal"
+    """default mask for episodes that do not choose one: causal, Mf, Mv2v/full, Mf+merge(op=max,k=3,slots=1), ..."""
+    merge: bool = False
+    """with a bare --mask kind: its merged variant (the same as --mask KIND+merge)"""
+    decode_mode: Literal["prefill", "full"] | None = None
+    """with a bare --mask kind: its decode mode (the same as --mask KIND/MODE)"""
+    max_episodes: int = 256
+    idle_timeout: float = 300.0
+    """seconds before an idle episode is freed"""
+    max_batch: int = 8
+    """requests per forward pass (micro-batching)"""
+    batch_window_ms: float = 0.0
+    """extra wait for more requests before a forward pass (0: take what is queued)"""
+    max_message_mb: int = 16
+    """largest request or response (MiB)"""
+    limits: Annotated[Limits, tyro.conf.OmitArgPrefixes] = field(default_factory=Limits)
+    """what one request may ask; refused before any work, the message names the limit"""
+    decode_threads: int = 2
+    """threads decoding images off the event loop"""
+    token: str | None = None
+    """require 'authorization: Bearer TOKEN' (use beyond loopback)"""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    threads: int | None = None
+    """torch intra-op threads (default: every core; the evaluation passes the cores its simulators leave)"""
+    json_logs: bool = False
+    """one JSON object per log line"""
+    ready_file: Path | None = None
+    """once serving, write {"address", "pid"} as JSON here (atomically): how a parent process learns the port"""
+
+    def default_spec(self) -> FutureMaskSpec:
+        """The default mask as one spec; raises ConfigError for a label outside the vocabulary."""
+        label = self.mask
+        if self.merge or self.decode_mode:
+            if any(mark in label for mark in "+/("):
+                raise ConfigError(f"--mask {label!r} is a full spec already; drop --merge/--decode-mode")
+            label = label + ("+merge" if self.merge else f"/{self.decode_mode}")
+        try:
+            return FutureMaskSpec.parse(label)
+        except ValueError as error:
+            raise ConfigError(f"--mask: {error}") from None
+
+    def validate(self) -> None:
+        self.default_spec()
+        if not self.checkpoint.exists():
+            raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        for name in ("max_episodes", "max_batch", "max_message_mb", "decode_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("--threads must be >= 1")
+
+
+def replace(config: ServeConfig, **changes: object) -> ServeConfig:
+    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,54 @@
+"""``fm-agent serve``: load a policy and serve it until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import traceback
+
+import torch
+
+from ..model import VLAPolicy
+from .config import ServeConfig
+from .server import PortInUse, ServerSettings, serve
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line; messages that are JSON objects themselves are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": record.created, "level": record.levelname, "logger": record.name}
+        message = record.getMessage()
+        try:
+            parsed = json.loads(message)
+            entry.update(parsed if isinstance(parsed, dict) else {"message": parsed})
+        except ValueError:
+            entry["message"] = message
+        if record.exc_info:
+            entry["exception"] = "".join(traceback.format_exception(*record.exc_info))
+        return json.dumps(entry)
+
+
+def run_serve(config: ServeConfig, command: str = "") -> int:
+    config.validate()
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter() if config.json_logs
+                         else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.set_num_interop_threads(1)  # the server runs one model thread; inter-op parallelism is unused
+    policy = VLAPolicy.from_pretrained(config.checkpoint)
+    settings = ServerSettings(host=config.host, port=config.port, default_mask=config.default_spec().label,
+                              max_episodes=config.max_episodes, idle_timeout_s=config.idle_timeout,
+                              max_batch=config.max_batch, batch_window_ms=config.batch_window_ms,
+                              max_message_bytes=config.max_message_mb << 20, token=config.token,
+                              tls_cert=config.tls_cert, tls_key=config.tls_key, model_name=config.checkpoint.name,
+                              limits=config.limits, decode_threads=config.decode_threads)
+    try:
+        return asyncio.run(serve(policy, settings, ready_file=config.ready_file))
+    except PortInUse as error:
+        print(f"fm-agent serve: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Behaviour cloning: the training loop and the train job."""

@@ -1,0 +1,91 @@
+"""``fm-agent train``: behaviour cloning on recorded demonstrations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..jobs import ConfigError, check_masks
+from ..model.presets import PRESETS
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Train a VLA by behaviour cloning on recorded expert demonstrations (clean, DART, DAgger folders).
+
+    Re-running with the same --out resumes from its training_state.pt (--fresh starts over); --init
+    starts from a policy's weights (e.g. after a DAgger round)."""
+
+    preset: Literal["babyai", "libero"]
+    """prompt and action conventions (fm_agent/model/presets.py)"""
+    data: tuple[Path, ...]
+    """folder(s) of recorded episodes, e.g. clean and DART demonstrations"""
+    out: Path
+    """checkpoint folder"""
+    history: int | None = None
+    """frames per camera in the prompt (K; default: the preset's)"""
+    chunk: int | None = None
+    """actions predicted per call (default: the preset's)"""
+    history_stride: int | None = None
+    """steps between the history frames of a training sample (default: the chunk, as a client executing
+    whole chunks calls once per chunk)"""
+    image_size: int | None = None
+    bins: int = 256
+    """bins per continuous action dimension"""
+    hidden: int = 192
+    layers: int = 4
+    heads: int = 6
+    kv_heads: int = 2
+    prompt_order: Literal["frames_first", "instruction_first"] = "frames_first"
+    """where the instruction goes: after the frames (LLaVA's order; the future-aware masks let image tokens
+    see it) or before them (image tokens see it under the causal mask too)"""
+    action_head: Literal["autoregressive", "parallel"] = "autoregressive"
+    """decode the chunk's action tokens one by one, or read them all off placeholders in the prompt's
+    forward (one forward per control step)"""
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    train_mask: tuple[str, ...] = ("causal",)
+    """training-time mask label(s); several: one drawn per batch"""
+    image_shift: int = 0
+    """random-shift augmentation: move each camera view by up to this many pixels per training sample
+    (DrQ; 4 for 64x64 LIBERO views); 0 = off"""
+    max_episodes: int | None = None
+    """use at most this many episodes"""
+    val_fraction: float = 0.05
+    validate_every: int = 250
+    max_minutes: float | None = None
+    """stop after this much training time"""
+    threads: int = 2
+    seed: int = 0
+    fresh: bool = False
+    """ignore an existing training state in --out"""
+    init: Path | None = None
+    """start from this policy (weights, tokenizers, prompt layout); the shape options are then ignored;
+    optimiser and schedule start afresh"""
+    temperature: float | None = None
+    """the checkpoint's default action sampling temperature (0 = greedy; default: 0, or the --init policy's)"""
+
+    def validate(self) -> None:
+        check_masks(self.train_mask, "--train-mask")
+        missing = [str(folder) for folder in self.data if not folder.is_dir()]
+        if missing:
+            raise ConfigError(f"--data: no such folder {missing[0]} (record demonstrations first: fm-agent record)")
+        if self.init is not None and not (self.init / "fm_agent_policy.json").exists():
+            raise ConfigError(f"--init {self.init} is not an fm-agent policy (no fm_agent_policy.json)")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be within (0, 1), got {self.val_fraction}")
+        for name in ("steps", "batch_size", "validate_every", "threads", "bins", "hidden", "layers", "heads",
+                     "kv_heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("history", "chunk", "history_stride", "image_size", "max_episodes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.heads % self.kv_heads or self.hidden % self.heads:
+            raise ConfigError(f"--hidden {self.hidden} / --heads {self.heads} / --kv-heads {self.kv_heads}: heads must "
+                              "divide hidden and kv-heads must divide heads")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--preset {self.preset!r}: one of {sorted(PRESETS)}")
