@@ -1,0 +1,79 @@
+"""``fm-agent record`` and ``fm-agent dagger``: the loops live in ``envs`` (recording, DAgger), which
+knows nothing of the policy code; these runners check the request, pick the learner and report."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+from tqdm import tqdm
+
+from envs import EnvNameError, check_env
+from envs.dagger import collect
+from envs.libero_env import LiberoError, check_tasks
+from envs.recording import RecordSettings, record
+
+from ..evaluation.inprocess import load_actor
+from ..jobs import ConfigError
+from ..model import VLAConfig
+from .config import DaggerConfig, RecordConfig
+
+
+def _checked(names: list[str]) -> None:
+    for name in names:
+        try:
+            check_env(name)
+        except (EnvNameError, LiberoError) as error:
+            raise ConfigError(str(error)) from None
+
+
+def run_record(config: RecordConfig, command: str = "") -> int:
+    config.validate()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if config.suite is not None:
+        try:
+            tasks = check_tasks(config.suite, list(config.tasks) if config.tasks is not None else None)
+        except LiberoError as error:
+            raise ConfigError(str(error)) from None
+        names = [f"libero:{config.suite}/{t}" for t in (config.tasks if config.tasks is not None else sorted(tasks))]
+    else:
+        names = list(config.envs or ())
+        _checked(names)
+    settings = RecordSettings(out=config.out, only_success=not config.keep_failures, save=config.save,
+                              image_size=config.image_size, render=config.render, base_seed=config.seed,
+                              action_noise=config.action_noise)
+    summary = record(names, config.episodes, settings, workers=config.workers, chunk=config.chunk,
+                     progress=lambda it, total: tqdm(total=total, desc="episodes", unit="ep"),
+                     indices=config.state_indices())
+    for name, stats in summary["environments"].items():
+        print(f"{name:48s} {stats['successes']:4d}/{stats['episodes']:<4d} {100 * stats['success_rate']:5.1f}%"
+              + (f"  ({stats['errors']} errors)" if stats["errors"] else ""))
+    print(f"overall {100 * summary['success_rate']:.1f}% over {summary['episodes']} episodes; "
+          f"summary in {config.out / 'summary.json'}")
+    episodes = summary["episodes"]
+    errors = sum(stats["errors"] for stats in summary["environments"].values())
+    return 1 if episodes and errors == episodes else 0
+
+
+def run_dagger(config: DaggerConfig, command: str = "") -> int:
+    config.validate()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    policy_config = VLAConfig.load(config.checkpoint)
+    env = config.env or next((e for e in policy_config.training.get("envs", []) if e.startswith("babyai:")), None)
+    if env is None:
+        raise ConfigError("the checkpoint records no BabyAI environment; pass --env")
+    _checked([env])
+    libero = env.startswith("libero:")
+    init_states = config.state_indices()
+    if init_states and not libero:
+        raise ConfigError("--init-states is for LIBERO environments")
+    env_options = {"image_size": config.image_size} if config.image_size else None
+    max_steps = config.max_steps or (None if libero else 64)
+    make_actor = functools.partial(load_actor, config.checkpoint, config.temperature, None, config.threads)
+    expert_options = {"keep_opened_doors": True} if config.keep_opened_doors else None
+    with tqdm(total=config.episodes, desc="dagger", unit="ep") as bar:
+        stats = collect(env, make_actor, config.out, config.episodes, config.seed, config.beta, max_steps, bar,
+                        expert_options, init_states, config.workers, env_options)
+    print(json.dumps({"env": env, **stats}))
+    return 0
