@@ -65,8 +65,13 @@ class BabyAIEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, level: str = "BabyAI-GoToSeqS5R2-v0", image_size: int = 56, max_steps: int | None = None,
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        level: str = "BabyAI-GoToSeqS5R2-v0",
+        image_size: int = 56,
+        max_steps: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         if not level.startswith("BabyAI-"):
             raise ValueError(f"not a BabyAI level: {level!r}")
         import minigrid  # noqa: F401  (registers the BabyAI levels)
@@ -77,11 +82,13 @@ class BabyAIEnv(gym.Env):
         with contextlib.redirect_stdout(io.StringIO()):
             self._env = gym.make(level, max_steps=max_steps) if max_steps else gym.make(level)
         self.unwrapped_env = self._env.unwrapped
-        self.observation_space = spaces.Dict({
-            "image": image_space(image_size),
-            "direction": spaces.Discrete(4),
-            "instruction": instruction_space(),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "image": image_space(image_size),
+                "direction": spaces.Discrete(4),
+                "instruction": instruction_space(),
+            }
+        )
         self.action_space = spaces.Discrete(len(ACTION_NAMES))
         self.mission = ""
         self.mission_info = MissionInfo(False, 1)
@@ -100,8 +107,11 @@ class BabyAIEnv(gym.Env):
         return np.ascontiguousarray(frame, dtype=np.uint8)
 
     def _observation(self) -> dict[str, Any]:
-        return {"image": self._pov(), "direction": int(self.unwrapped_env.agent_dir),
-                "instruction": clean_instruction(self.mission)}
+        return {
+            "image": self._pov(),
+            "direction": int(self.unwrapped_env.agent_dir),
+            "instruction": clean_instruction(self.mission),
+        }
 
     def _info(self, success: bool = False) -> dict[str, Any]:
         return {"success": success, "instruction": self.mission, **asdict(self.mission_info)}

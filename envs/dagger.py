@@ -30,8 +30,17 @@ from .registry import make_env, make_expert
 ActorFactory = Callable[[], Any]
 
 
-def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max_steps: int,
-                   beta: float = 0.0, init_state: int | None = None) -> Episode:
+def dagger_episode(
+    env,
+    expert,
+    actor,
+    env_name: str,
+    index: int,
+    seed: int,
+    max_steps: int,
+    beta: float = 0.0,
+    init_state: int | None = None,
+) -> Episode:
     """One learner rollout labelled by ``expert``; with probability ``beta`` a step executes the label."""
     options = {"init_state": init_state} if init_state is not None else None
     obs, info = env.reset(seed=seed, options=options)
@@ -54,14 +63,33 @@ def dagger_episode(env, expert, actor, env_name: str, index: int, seed: int, max
     observations, labels, rewards, success, info = labelled_rollout(env, obs, info, decide, max_steps)
     actor.end_episode()
     metadata = {**episode_metadata(info), "learner_success": success, "beta": beta}
-    return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
-                   observations=observations, actions=labels, rewards=rewards, success=success,
-                   expert=f"dagger:{type(expert).__name__}", metadata=metadata)
+    return Episode(
+        env=env_name,
+        index=index,
+        seed=seed,
+        init_state=init_state,
+        instruction=info["instruction"],
+        observations=observations,
+        actions=labels,
+        rewards=rewards,
+        success=success,
+        expert=f"dagger:{type(expert).__name__}",
+        metadata=metadata,
+    )
 
 
-def _collect_shard(env_name: str, make_actor: ActorFactory, out: Path, indices: list[int], base_seed: int,
-                   beta: float, max_steps: int | None, expert_options: dict | None, init_states: list[int] | None,
-                   env_options: dict | None) -> list[tuple[bool, bool]]:
+def _collect_shard(
+    env_name: str,
+    make_actor: ActorFactory,
+    out: Path,
+    indices: list[int],
+    base_seed: int,
+    beta: float,
+    max_steps: int | None,
+    expert_options: dict | None,
+    init_states: list[int] | None,
+    env_options: dict | None,
+) -> list[tuple[bool, bool]]:
     """Worker body: one env and one learner for ``indices``; returns (learner success, kept) per episode."""
     env = make_env(env_name, **(env_options or {}))
     expert = make_expert(env, **(expert_options or {}))
@@ -85,10 +113,21 @@ def _shard_star(job: tuple) -> list[tuple[bool, bool]]:
     return _collect_shard(*job)
 
 
-def collect(env_name: str, make_actor: ActorFactory, out: Path, episodes: int, base_seed: int, beta: float,
-            max_steps: int | None, progress: Any = None, expert_options: dict | None = None,
-            init_states: list[int] | None = None, workers: int = 1, env_options: dict | None = None,
-            chunk: int = 5) -> dict[str, float]:
+def collect(
+    env_name: str,
+    make_actor: ActorFactory,
+    out: Path,
+    episodes: int,
+    base_seed: int,
+    beta: float,
+    max_steps: int | None,
+    progress: Any = None,
+    expert_options: dict | None = None,
+    init_states: list[int] | None = None,
+    workers: int = 1,
+    env_options: dict | None = None,
+    chunk: int = 5,
+) -> dict[str, float]:
     """Runs and writes ``episodes`` DAgger episodes; existing files are skipped (resumable).
 
     ``expert_options`` configure the labeller (e.g. ``keep_opened_doors`` for BabyAI's bot);
@@ -99,8 +138,21 @@ def collect(env_name: str, make_actor: ActorFactory, out: Path, episodes: int, b
     todo = [i for i in range(episodes) if not episode_path(out, env_name, i).exists()]
     if progress is not None:
         progress.update(episodes - len(todo))
-    jobs = [(env_name, make_actor, out, todo[i:i + chunk], base_seed, beta, max_steps, expert_options, init_states,
-             env_options) for i in range(0, len(todo), chunk)]
+    jobs = [
+        (
+            env_name,
+            make_actor,
+            out,
+            todo[i : i + chunk],
+            base_seed,
+            beta,
+            max_steps,
+            expert_options,
+            init_states,
+            env_options,
+        )
+        for i in range(0, len(todo), chunk)
+    ]
     wins = done = skipped = 0
     recent: deque = deque(maxlen=200)
 

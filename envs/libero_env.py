@@ -23,8 +23,7 @@ from .spaces import clean_instruction, image_space, instruction_space
 WAIT_STEPS = 10
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # hold still, gripper open
 # Standard step budgets; LIBERO-PRO variants (libero_spatial_swap, ...) use their base suite's.
-SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
-                   "libero_90": 400}
+SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
 DEFAULT_MAX_STEPS = 400
 RENDER_MODES = ("full", "none")
 PROPRIO_DIM = 8  # end-effector position (3), axis-angle (3), gripper finger positions (2)
@@ -91,8 +90,10 @@ def check_tasks(suite: str, tasks: list[int] | None = None) -> dict[int, str]:
         bddl = bddl_root / task.problem_folder / task.bddl_file
         init = init_root / task.problem_folder / task.init_states_file
         if not bddl.exists() or not (init.exists() or init.with_name(init.name + ".npz").exists()):
-            raise LiberoError(f"LIBERO suite {suite!r} is declared but its resources are not installed "
-                              f"(task {t}: {bddl.name} or its initial states are missing under {bddl_root.parent})")
+            raise LiberoError(
+                f"LIBERO suite {suite!r} is declared but its resources are not installed "
+                f"(task {t}: {bddl.name} or its initial states are missing under {bddl_root.parent})"
+            )
         instructions[t] = clean_instruction(task.language)
     return instructions
 
@@ -112,8 +113,15 @@ class LiberoEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, suite: str = "libero_spatial", task_id: int = 0, image_size: int = 128,
-                 render: str = "full", max_steps: int | None = None, render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        suite: str = "libero_spatial",
+        task_id: int = 0,
+        image_size: int = 128,
+        render: str = "full",
+        max_steps: int | None = None,
+        render_mode: str | None = None,
+    ) -> None:
         if render not in RENDER_MODES:
             raise ValueError(f"render must be one of {RENDER_MODES}, got {render!r}")
         os.environ.setdefault("MUJOCO_GL", "egl")
@@ -139,12 +147,14 @@ class LiberoEnv(gym.Env):
         self.goal_state = [list(p) for p in problem["goal_state"]]
         self.initial_state = [list(p) for p in problem["initial_state"]]  # the BDDL's start predicates
         self.object_names = {name for names in problem["objects"].values() for name in names}  # movable ones
-        self.observation_space = spaces.Dict({
-            "agentview": image_space(image_size),
-            "wrist": image_space(image_size),
-            "proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), dtype=np.float32),
-            "instruction": instruction_space(),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "agentview": image_space(image_size),
+                "wrist": image_space(image_size),
+                "proprio": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), dtype=np.float32),
+                "instruction": instruction_space(),
+            }
+        )
         self.action_space = spaces.Box(-1.0, 1.0, (7,), dtype=np.float32)
         self.raw_observation: dict[str, np.ndarray] = {}
         self.init_state_index = 0
@@ -167,7 +177,8 @@ class LiberoEnv(gym.Env):
                 raise LiberoError(
                     f"MuJoCo could not render ({text}). Install Mesa's EGL libraries "
                     "(apt-get install libegl1 libgl1) and keep MUJOCO_GL=egl with PYOPENGL_PLATFORM unset, "
-                    "or pass render='none' when images are not needed.") from error
+                    "or pass render='none' when images are not needed."
+                ) from error
             raise
 
     # -- observations ---------------------------------------------------------------------------
@@ -178,16 +189,27 @@ class LiberoEnv(gym.Env):
 
     def _proprio(self) -> np.ndarray:
         raw = self.raw_observation
-        return np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]),
-                               raw["robot0_gripper_qpos"]]).astype(np.float32)
+        return np.concatenate(
+            [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+        ).astype(np.float32)
 
     def _observation(self) -> dict[str, Any]:
-        return {"agentview": self._image("agentview_image"), "wrist": self._image("robot0_eye_in_hand_image"),
-                "proprio": self._proprio(), "instruction": clean_instruction(self.instruction)}
+        return {
+            "agentview": self._image("agentview_image"),
+            "wrist": self._image("robot0_eye_in_hand_image"),
+            "proprio": self._proprio(),
+            "instruction": clean_instruction(self.instruction),
+        }
 
     def _info(self, success: bool) -> dict[str, Any]:
-        return {"success": success, "instruction": self.instruction, "suite": self.suite, "task_id": self.task_id,
-                "init_state": self.init_state_index, "step": self._steps}
+        return {
+            "success": success,
+            "instruction": self.instruction,
+            "suite": self.suite,
+            "task_id": self.task_id,
+            "init_state": self.init_state_index,
+            "step": self._steps,
+        }
 
     # -- gymnasium API ----------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):

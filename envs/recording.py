@@ -77,17 +77,25 @@ def write_episode(path: Path, episode: Episode) -> Path:
         for key, value in episode.observations.items():
             value = np.asarray(value)
             if value.dtype == np.uint8 and value.ndim == 4:
-                group.create_dataset(key, data=value, compression="gzip", compression_opts=4,
-                                     chunks=(1, *value.shape[1:]))
+                group.create_dataset(
+                    key, data=value, compression="gzip", compression_opts=4, chunks=(1, *value.shape[1:])
+                )
             else:
                 group.create_dataset(key, data=value)
         f.create_dataset("actions", data=episode.actions)
         f.create_dataset("rewards", data=episode.rewards.astype(np.float32))
-        attrs = {"format": FORMAT, "env": episode.env, "index": episode.index, "seed": episode.seed,
-                 "init_state": -1 if episode.init_state is None else episode.init_state,
-                 "instruction": episode.instruction, "success": episode.success,
-                 "num_steps": episode.num_steps, "expert": episode.expert,
-                 "metadata": json.dumps(episode.metadata)}
+        attrs = {
+            "format": FORMAT,
+            "env": episode.env,
+            "index": episode.index,
+            "seed": episode.seed,
+            "init_state": -1 if episode.init_state is None else episode.init_state,
+            "instruction": episode.instruction,
+            "success": episode.success,
+            "num_steps": episode.num_steps,
+            "expert": episode.expert,
+            "metadata": json.dumps(episode.metadata),
+        }
         f.attrs.update(attrs)
     os.replace(tmp, path)
     return path
@@ -101,15 +109,31 @@ def read_episode(path: Path) -> Episode:
             raise ValueError(f"{path} is not an {FORMAT} file (format={f.attrs.get('format')!r})")
         a = f.attrs
         init_state = int(a["init_state"])
-        return Episode(env=str(a["env"]), index=int(a["index"]), seed=int(a["seed"]),
-                       init_state=None if init_state < 0 else init_state, instruction=str(a["instruction"]),
-                       observations={k: f["observations"][k][()] for k in f["observations"]},
-                       actions=f["actions"][()], rewards=f["rewards"][()], success=bool(a["success"]),
-                       expert=str(a["expert"]), metadata=json.loads(a["metadata"]))
+        return Episode(
+            env=str(a["env"]),
+            index=int(a["index"]),
+            seed=int(a["seed"]),
+            init_state=None if init_state < 0 else init_state,
+            instruction=str(a["instruction"]),
+            observations={k: f["observations"][k][()] for k in f["observations"]},
+            actions=f["actions"][()],
+            rewards=f["rewards"][()],
+            success=bool(a["success"]),
+            expert=str(a["expert"]),
+            metadata=json.loads(a["metadata"]),
+        )
 
 
-def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_state: int | None,
-                       max_steps: int | None = None, action_noise: float = 0.0) -> Episode:
+def run_expert_episode(
+    env,
+    expert,
+    env_name: str,
+    index: int,
+    seed: int,
+    init_state: int | None,
+    max_steps: int | None = None,
+    action_noise: float = 0.0,
+) -> Episode:
     """Roll the expert out once and keep everything the policy will be trained on.
 
     ``action_noise`` > 0 (continuous actions only) executes the expert's action plus Gaussian noise of
@@ -130,11 +154,22 @@ def run_expert_episode(env, expert, env_name: str, index: int, seed: int, init_s
         return action, np.clip(executed, -1.0, 1.0)
 
     observations, actions, rewards, success, info = labelled_rollout(
-        env, obs, info, decide, max_steps or getattr(env, "max_steps", 1000))
+        env, obs, info, decide, max_steps or getattr(env, "max_steps", 1000)
+    )
     metadata = {**episode_metadata(info), **({"action_noise": action_noise} if action_noise else {})}
-    return Episode(env=env_name, index=index, seed=seed, init_state=init_state, instruction=info["instruction"],
-                   observations=observations, actions=actions, rewards=rewards, success=success,
-                   expert=type(expert).__name__, metadata=metadata)
+    return Episode(
+        env=env_name,
+        index=index,
+        seed=seed,
+        init_state=init_state,
+        instruction=info["instruction"],
+        observations=observations,
+        actions=actions,
+        rewards=rewards,
+        success=success,
+        expert=type(expert).__name__,
+        metadata=metadata,
+    )
 
 
 METADATA_KEYS = ("has_location_phrase", "num_subgoals", "sequence", "suite", "task_id", "expert_gave_up")
@@ -222,17 +257,20 @@ def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) ->
             seed, init_state = episode_plan(env_name, index, settings.base_seed)
             row = {"env": env_name, "index": index, "seed": seed, "init_state": init_state}
             try:
-                episode = run_expert_episode(env, expert, env_name, index, seed, init_state,
-                                             action_noise=settings.action_noise)
+                episode = run_expert_episode(
+                    env, expert, env_name, index, seed, init_state, action_noise=settings.action_noise
+                )
             except Exception as error:  # a crashed simulator loses one episode, not the run
                 rows.append({**row, "success": False, "error": f"{type(error).__name__}: {error}", "path": None})
                 continue
             path = None
             if settings.save and (episode.success or not settings.only_success):
-                path = str(write_episode(episode_path(settings.out, env_name, index), episode)
-                           .relative_to(settings.out))
-            rows.append({**row, "success": episode.success, "steps": episode.num_steps, "path": path,
-                         **episode.metadata})
+                path = str(
+                    write_episode(episode_path(settings.out, env_name, index), episode).relative_to(settings.out)
+                )
+            rows.append(
+                {**row, "success": episode.success, "steps": episode.num_steps, "path": path, **episode.metadata}
+            )
     finally:
         env.close()
     return rows
@@ -268,13 +306,22 @@ def summarise_manifest(out: Path) -> dict[str, Any]:
     for stats in per_env.values():
         stats["success_rate"] = stats["successes"] / max(stats["episodes"], 1)
     total = sum(s["episodes"] for s in per_env.values())
-    return {"environments": dict(sorted(per_env.items())), "episodes": total,
-            "success_rate": sum(s["successes"] for s in per_env.values()) / max(total, 1)}
+    return {
+        "environments": dict(sorted(per_env.items())),
+        "episodes": total,
+        "success_rate": sum(s["successes"] for s in per_env.values()) / max(total, 1),
+    }
 
 
-def record(env_names: list[str], episodes: int, settings: RecordSettings, workers: int = 1, chunk: int = 5,
-           progress: Callable[[Iterable, int], Iterable] | None = None,
-           indices: Iterable[int] | None = None) -> dict[str, Any]:
+def record(
+    env_names: list[str],
+    episodes: int,
+    settings: RecordSettings,
+    workers: int = 1,
+    chunk: int = 5,
+    progress: Callable[[Iterable, int], Iterable] | None = None,
+    indices: Iterable[int] | None = None,
+) -> dict[str, Any]:
     """Record ``episodes`` expert episodes per environment, resuming what ``settings.out`` already holds.
 
     ``indices`` replaces ``range(episodes)``: for LIBERO, episode ``i`` starts from official initial
@@ -285,7 +332,7 @@ def record(env_names: list[str], episodes: int, settings: RecordSettings, worker
     jobs = []
     for name in env_names:
         todo = [i for i in wanted if (name, i) not in done]
-        jobs += [(name, todo[s:s + chunk], settings) for s in range(0, len(todo), chunk)]
+        jobs += [(name, todo[s : s + chunk], settings) for s in range(0, len(todo), chunk)]
     total = sum(len(j[1]) for j in jobs)
     manifest = (settings.out / "manifest.jsonl").open("a")
     try:

@@ -31,8 +31,9 @@ def parse_env_name(name: str) -> EnvName:
     if family == "libero":
         suite, _, task = rest.partition("/")
         if not task.isdigit():
-            raise EnvNameError(f"bad LIBERO name {name!r}: expected 'libero:<suite>/<task index>', "
-                               "e.g. 'libero:libero_spatial/3'")
+            raise EnvNameError(
+                f"bad LIBERO name {name!r}: expected 'libero:<suite>/<task index>', e.g. 'libero:libero_spatial/3'"
+            )
         return EnvName("libero", suite, int(task))
     if family == "babyai":
         return EnvName("babyai", rest)

@@ -52,26 +52,57 @@ def _resolve(target: str) -> Any:
 
 
 JOBS: dict[str, Job] = {
-    "serve": Job("fm_agent.serving.config:ServeConfig", "fm_agent.serving.jobs:run_serve",
-                 "run the gRPC policy server"),
-    "eval-libero": Job("fm_agent.evaluation.config:LiberoEvalConfig", "fm_agent.evaluation.jobs:run_libero_eval",
-                       "success rate and latency on LIBERO through the policy server (standard protocol)"),
-    "eval-babyai": Job("fm_agent.evaluation.config:BabyAIEvalConfig", "fm_agent.evaluation.jobs:run_babyai_eval",
-                       "success rate and latency on BabyAI (the ALFRED-style world) through the policy server"),
-    "eval-local": Job("fm_agent.evaluation.config:LocalEvalConfig", "fm_agent.evaluation.jobs:run_local_eval",
-                      "quick in-process evaluation of a checkpoint or the random baseline (no server)"),
-    "door-errors": Job("fm_agent.evaluation.config:DoorErrorsConfig", "fm_agent.evaluation.diagnostics:run_door_errors",
-                       "diagnostic: classify every door toggle of a BabyAI Open* policy"),
-    "train": Job("fm_agent.training.config:TrainConfig", "fm_agent.training.jobs:run_train",
-                 "behaviour cloning on recorded demonstrations"),
-    "record": Job("fm_agent.data.config:RecordConfig", "fm_agent.data.jobs:run_record",
-                  "record expert demonstrations (or measure expert success)"),
-    "dagger": Job("fm_agent.data.config:DaggerConfig", "fm_agent.data.jobs:run_dagger",
-                  "DAgger: the policy acts, the expert labels every state it visits"),
-    "profile": Job("fm_agent.profiling.config:ProfileConfig", "fm_agent.profiling.jobs:run_profile",
-                   "prefill/decode latency of every mask, a control step per chunk, or the transport (JSON + PNG)"),
-    "soak": Job("fm_agent.profiling.config:SoakConfig", "fm_agent.profiling.jobs:run_soak",
-                "load/soak the server: valid traffic mixed with hostile requests"),
-    "masks": Job("fm_agent.profiling.config:MasksConfig", "fm_agent.profiling.jobs:show_masks",
-                 "print which keys each query may see under a mask"),
+    "serve": Job(
+        "fm_agent.serving.config:ServeConfig", "fm_agent.serving.jobs:run_serve", "run the gRPC policy server"
+    ),
+    "eval-libero": Job(
+        "fm_agent.evaluation.config:LiberoEvalConfig",
+        "fm_agent.evaluation.jobs:run_libero_eval",
+        "success rate and latency on LIBERO through the policy server (standard protocol)",
+    ),
+    "eval-babyai": Job(
+        "fm_agent.evaluation.config:BabyAIEvalConfig",
+        "fm_agent.evaluation.jobs:run_babyai_eval",
+        "success rate and latency on BabyAI (the ALFRED-style world) through the policy server",
+    ),
+    "eval-local": Job(
+        "fm_agent.evaluation.config:LocalEvalConfig",
+        "fm_agent.evaluation.jobs:run_local_eval",
+        "quick in-process evaluation of a checkpoint or the random baseline (no server)",
+    ),
+    "door-errors": Job(
+        "fm_agent.evaluation.config:DoorErrorsConfig",
+        "fm_agent.evaluation.diagnostics:run_door_errors",
+        "diagnostic: classify every door toggle of a BabyAI Open* policy",
+    ),
+    "train": Job(
+        "fm_agent.training.config:TrainConfig",
+        "fm_agent.training.jobs:run_train",
+        "behaviour cloning on recorded demonstrations",
+    ),
+    "record": Job(
+        "fm_agent.data.config:RecordConfig",
+        "fm_agent.data.jobs:run_record",
+        "record expert demonstrations (or measure expert success)",
+    ),
+    "dagger": Job(
+        "fm_agent.data.config:DaggerConfig",
+        "fm_agent.data.jobs:run_dagger",
+        "DAgger: the policy acts, the expert labels every state it visits",
+    ),
+    "profile": Job(
+        "fm_agent.profiling.config:ProfileConfig",
+        "fm_agent.profiling.jobs:run_profile",
+        "prefill/decode latency of every mask, a control step per chunk, or the transport (JSON + PNG)",
+    ),
+    "soak": Job(
+        "fm_agent.profiling.config:SoakConfig",
+        "fm_agent.profiling.jobs:run_soak",
+        "load/soak the server: valid traffic mixed with hostile requests",
+    ),
+    "masks": Job(
+        "fm_agent.profiling.config:MasksConfig",
+        "fm_agent.profiling.jobs:show_masks",
+        "print which keys each query may see under a mask",
+    ),
 }

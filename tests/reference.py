@@ -35,7 +35,7 @@ def allowed_loops(visual: list[bool], mask: str, key_valid: list[bool] | None = 
 
 def pooled_slots(future: list[float], op: str, kernel: int, slots: int) -> list[float]:
     """Steps 2-3 of merge for one row: 1-D pooling (kernel, stride kernel), then ``slots`` chunks."""
-    windows = [future[s:s + kernel] for s in range(0, len(future), kernel)]
+    windows = [future[s : s + kernel] for s in range(0, len(future), kernel)]
     reduce = max if op == "max" else (lambda xs: sum(xs) / len(xs))
     pooled = [reduce(w) for w in windows]
     n, out = len(pooled), []
@@ -43,15 +43,23 @@ def pooled_slots(future: list[float], op: str, kernel: int, slots: int) -> list[
     start = 0
     for s in range(slots):
         size = base + (1 if s < extra else 0)
-        chunk = pooled[start:start + size]
+        chunk = pooled[start : start + size]
         start += size
         out.append(reduce(chunk) if chunk else 0.0)
     return out
 
 
-def merged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, visual: list[bool], mask: str,
-                     op: str, kernel: int, slots: int, key_valid: list[bool] | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def merged_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    visual: list[bool],
+    mask: str,
+    op: str,
+    kernel: int,
+    slots: int,
+    key_valid: list[bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(B + C + M^c) @ V for one sequence. query (H, L, D), key/value (Hkv, L, D).
 
     Returns output (L, H, D) and probabilities (H, L, L).

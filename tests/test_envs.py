@@ -89,7 +89,9 @@ def test_babyai_generation_noise_stays_out_of_stdout(capfd) -> None:
 
 def test_mission_metadata() -> None:
     assert MissionInfo.from_mission("pick up the red ball in front of you") == MissionInfo(True, 1, "single")
-    assert MissionInfo.from_mission("go to the red ball and go to a key, then open a door") == MissionInfo(False, 3, "then")
+    assert MissionInfo.from_mission("go to the red ball and go to a key, then open a door") == MissionInfo(
+        False, 3, "then"
+    )
     assert MissionInfo.from_mission("open the red door after you open the blue door") == MissionInfo(False, 2, "after")
     assert MissionInfo.from_mission("go to the box and go to a key") == MissionInfo(False, 2, "and")
 
@@ -97,10 +99,15 @@ def test_mission_metadata() -> None:
 # -- LIBERO ------------------------------------------------------------------------------------------
 def test_libero_smoke_check() -> None:
     libero_pro = os.path.join(os.path.dirname(sys.executable), "libero-pro")
-    out = subprocess.run([libero_pro, "smoke", "--suite", "libero_spatial", "--steps", "2"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "MUJOCO_GL": "egl"})
+    out = subprocess.run(
+        [libero_pro, "smoke", "--suite", "libero_spatial", "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    report = json.loads(out.stdout[out.stdout.index("{"):])
+    report = json.loads(out.stdout[out.stdout.index("{") :])
     assert report["render"] and report["observations"]["agentview_image"] == [128, 128, 3]
 
 
@@ -166,11 +173,27 @@ def test_libero_dagger_writes_learner_episodes_labelled_by_the_expert(tmp_path) 
     from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
 
     rng = np.random.default_rng(0)
-    config = VLAConfig(env_family="libero", cameras=["agentview", "wrist"], image_size=16, history=2,
-                       action_tokenizer=ActionTokenizer.fit(rng.uniform(-1, 1, (200, 7)), bins=16, chunk=4).to_dict(),
-                       proprio_dim=8, proprio_low=[-1.0] * 8, proprio_high=[1.0] * 8,
-                       backbone=BackboneShape(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
-                                              vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8))
+    config = VLAConfig(
+        env_family="libero",
+        cameras=["agentview", "wrist"],
+        image_size=16,
+        history=2,
+        action_tokenizer=ActionTokenizer.fit(rng.uniform(-1, 1, (200, 7)), bins=16, chunk=4).to_dict(),
+        proprio_dim=8,
+        proprio_low=[-1.0] * 8,
+        proprio_high=[1.0] * 8,
+        backbone=BackboneShape(
+            hidden=32,
+            layers=1,
+            heads=2,
+            kv_heads=1,
+            intermediate=64,
+            vision_hidden=16,
+            vision_layers=1,
+            vision_heads=2,
+            patch_size=8,
+        ),
+    )
     policy = VLAPolicy.create(config, ["pick up the black bowl"], seed=0)
     calls = []
 
@@ -214,6 +237,7 @@ def test_libero_blind_steps_leave_the_read_images_unchanged() -> None:
     env = make_env("libero:libero_spatial/0", image_size=32)
     actions = np.random.default_rng(0).uniform(-0.5, 0.5, (16, 7)).astype(np.float32)
     try:
+
         def rollout(blind: bool) -> list[np.ndarray]:
             env.reset(options={"init_state": 3}, seed=3)
             read = []
@@ -241,9 +265,18 @@ def test_libero_step_rejects_bad_actions(libero_state_only) -> None:
 
 
 def test_suite_step_budgets() -> None:
-    assert [suite_max_steps(s) for s in ("libero_spatial", "libero_object", "libero_goal", "libero_10",
-                                         "libero_90", "libero_spatial_swap", "libero_10_lan")] == \
-        [220, 280, 300, 520, 400, 220, 520]
+    assert [
+        suite_max_steps(s)
+        for s in (
+            "libero_spatial",
+            "libero_object",
+            "libero_goal",
+            "libero_10",
+            "libero_90",
+            "libero_spatial_swap",
+            "libero_10_lan",
+        )
+    ] == [220, 280, 300, 520, 400, 220, 520]
 
 
 # -- registry ----------------------------------------------------------------------------------------
@@ -283,7 +316,7 @@ def test_demos_round_trip_and_resume(tmp_path) -> None:
 
     lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
     record(["babyai:BabyAI-GoToSeqS5R2-v0"], 4, settings)  # resume: only episode 3 is new
-    new = (tmp_path / "manifest.jsonl").read_text().splitlines()[len(lines):]
+    new = (tmp_path / "manifest.jsonl").read_text().splitlines()[len(lines) :]
     assert [json.loads(l)["index"] for l in new] == [3]
 
 
@@ -301,8 +334,9 @@ def test_action_noise_executes_noisy_xyz_and_labels_the_clean_action(libero_stat
 
     env.step = spy
     try:
-        noisy = run_expert_episode(env, make_expert(env), "libero:libero_spatial/0", 0, 7, 0, max_steps=30,
-                                   action_noise=0.3)
+        noisy = run_expert_episode(
+            env, make_expert(env), "libero:libero_spatial/0", 0, 7, 0, max_steps=30, action_noise=0.3
+        )
         executed_noisy, executed[:] = np.stack(executed), []
         clean = run_expert_episode(env, make_expert(env), "libero:libero_spatial/0", 0, 7, 0, max_steps=30)
     finally:
@@ -322,10 +356,24 @@ def test_dagger_labels_are_the_bots_and_resume(tmp_path) -> None:
     from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
 
     name = "babyai:BabyAI-OpenDoorsOrderN2-v0"
-    config = VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=2,
-                       action_tokenizer=ActionTokenizer.discrete(7).to_dict(),
-                       backbone=BackboneShape(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
-                                              vision_hidden=16, vision_layers=1, vision_heads=2, patch_size=8))
+    config = VLAConfig(
+        env_family="babyai",
+        cameras=["image"],
+        image_size=16,
+        history=2,
+        action_tokenizer=ActionTokenizer.discrete(7).to_dict(),
+        backbone=BackboneShape(
+            hidden=32,
+            layers=1,
+            heads=2,
+            kv_heads=1,
+            intermediate=64,
+            vision_hidden=16,
+            vision_layers=1,
+            vision_heads=2,
+            patch_size=8,
+        ),
+    )
     policy = VLAPolicy.create(config, ["open the red door", "then after you"], seed=0)
     from fm_agent.attention import FutureMaskSpec
     from fm_agent.evaluation.inprocess import InProcessActor

@@ -20,8 +20,14 @@ from fm_agent.model import ActionTokenizer, VLAConfig, VLAPolicy  # noqa: E402
 @pytest.fixture(scope="module")
 def babyai_checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("babyai_policy")
-    config = VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=2,
-                       action_tokenizer=ActionTokenizer.discrete(7).to_dict(), backbone=TINY)
+    config = VLAConfig(
+        env_family="babyai",
+        cameras=["image"],
+        image_size=16,
+        history=2,
+        action_tokenizer=ActionTokenizer.discrete(7).to_dict(),
+        backbone=TINY,
+    )
     VLAPolicy.create(config, ["go to the red ball, then open a door"], seed=0).save_pretrained(folder)
     return folder
 
@@ -31,8 +37,26 @@ def read_lines(path: Path) -> list[dict]:
 
 
 def test_alfred_eval_end_to_end_and_resume(babyai_checkpoint, tmp_path) -> None:
-    argv = ["eval-babyai", "--checkpoint", str(babyai_checkpoint), "--episodes", "2", "--masks", "causal", "Mf+merge",
-            "--max-steps", "6", "--image-size", "16", "--videos", "1", "--workers", "2", "--out", str(tmp_path)]
+    argv = [
+        "eval-babyai",
+        "--checkpoint",
+        str(babyai_checkpoint),
+        "--episodes",
+        "2",
+        "--masks",
+        "causal",
+        "Mf+merge",
+        "--max-steps",
+        "6",
+        "--image-size",
+        "16",
+        "--videos",
+        "1",
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     assert cli(argv) == 0
     lines = sorted(read_lines(tmp_path / "episodes.jsonl"), key=lambda l: (l["mask"] != "causal", l["episode"]))
     assert len(lines) == 4 and {l["mask"] for l in lines} == {"causal", "Mf+merge"}
@@ -51,8 +75,21 @@ def test_alfred_eval_end_to_end_and_resume(babyai_checkpoint, tmp_path) -> None:
 
 def test_libero_eval_short_episode(tmp_path) -> None:
     checkpoint = tiny_checkpoint(tmp_path / "policy")
-    argv = ["eval-libero", "--checkpoint", str(checkpoint), "--suite", "libero_spatial", "--tasks", "0", "--init-states", "3",
-            "--max-steps", "4", "--out", str(tmp_path / "run")]
+    argv = [
+        "eval-libero",
+        "--checkpoint",
+        str(checkpoint),
+        "--suite",
+        "libero_spatial",
+        "--tasks",
+        "0",
+        "--init-states",
+        "3",
+        "--max-steps",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert cli(argv) == 0
     (line,) = read_lines(tmp_path / "run" / "episodes.jsonl")
     assert line["error"] is None and line["steps"] == 4 and line["init_state"] == 3 and not line["success"]
@@ -70,20 +107,37 @@ def test_a_killed_server_is_restarted_and_the_episode_retried(babyai_checkpoint,
     address = server.start()
     try:
         job = EpisodeJob("causal", "babyai:BabyAI-GoToLocal-v0", 0, 5, None)
-        first = run_jobs([job], address, lambda n: make_env(n, image_size=16), tmp_path, None, 0, 3,
-                         server.restart, 1)
+        first = run_jobs([job], address, lambda n: make_env(n, image_size=16), tmp_path, None, 0, 3, server.restart, 1)
         assert first[0]["error"] is None
         server.process.send_signal(signal.SIGKILL)  # the server dies between episodes
         server.process.wait()
-        rows = run_jobs([EpisodeJob("causal", "babyai:BabyAI-GoToLocal-v0", 1, 6, None)], address,
-                        lambda n: make_env(n, image_size=16), tmp_path, None, 0, 3, server.restart, 1)
+        rows = run_jobs(
+            [EpisodeJob("causal", "babyai:BabyAI-GoToLocal-v0", 1, 6, None)],
+            address,
+            lambda n: make_env(n, image_size=16),
+            tmp_path,
+            None,
+            0,
+            3,
+            server.restart,
+            1,
+        )
         assert rows[0]["error"] is None and rows[0]["steps"] == 3 and server.alive()
         no_retry = LocalServer(babyai_checkpoint, threads=1)
         dead = no_retry.start()
         no_retry.process.send_signal(signal.SIGKILL)
         no_retry.process.wait()
-        rows = run_jobs([EpisodeJob("causal", "babyai:BabyAI-GoToLocal-v0", 2, 7, None)], dead,
-                        lambda n: make_env(n, image_size=16), tmp_path, None, 0, 3, None, 0)
+        rows = run_jobs(
+            [EpisodeJob("causal", "babyai:BabyAI-GoToLocal-v0", 2, 7, None)],
+            dead,
+            lambda n: make_env(n, image_size=16),
+            tmp_path,
+            None,
+            0,
+            3,
+            None,
+            0,
+        )
         assert rows[0]["error"] and not rows[0]["success"], "recorded as an error, not a policy failure"
     finally:
         server.stop()
@@ -92,8 +146,10 @@ def test_a_killed_server_is_restarted_and_the_episode_retried(babyai_checkpoint,
 def test_summary_reports_how_long_successful_episodes_took() -> None:
     from fm_agent.evaluation.rollout import EpisodeResult, summarise
 
-    results = [EpisodeResult("e", i, i, success, steps) for i, (success, steps) in
-               enumerate([(True, 10), (True, 30), (False, 150), (True, 20)])]
+    results = [
+        EpisodeResult("e", i, i, success, steps)
+        for i, (success, steps) in enumerate([(True, 10), (True, 30), (False, 150), (True, 20)])
+    ]
     overall = summarise(results)["overall"]
     assert overall["successes"] == 3
     assert overall["steps_to_success"]["p50"] == 20 and overall["steps_to_success"]["mean"] == 20
@@ -119,8 +175,23 @@ def test_random_baseline_replays_with_its_seed_and_runs_from_the_cli(tmp_path) -
         assert run_episode(env, RandomActor(env.action_space), "e", 0, 5, max_steps=30).steps <= 30
     finally:
         env.close()
-    assert cli(["eval-local", "--random-baseline", "--env", "babyai:BabyAI-OpenDoorsOrderN4-v0", "--episodes", "2",
-                             "--max-steps", "20", "--out", str(tmp_path)]) == 0
+    assert (
+        cli(
+            [
+                "eval-local",
+                "--random-baseline",
+                "--env",
+                "babyai:BabyAI-OpenDoorsOrderN4-v0",
+                "--episodes",
+                "2",
+                "--max-steps",
+                "20",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["masks"]["random"]["overall"]["episodes"] == 2
     # neither a checkpoint nor the baseline: refused before anything runs

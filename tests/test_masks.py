@@ -76,8 +76,9 @@ def test_full_mode_sees_generated_tokens_prefill_does_not() -> None:
     visual = torch.tensor([[False, True, True, False]])
     keys = torch.tensor([[False, True, True, False, False, False]])  # two generated tokens
     positions = torch.arange(6)
-    full = future_extension(FutureMaskSpec("Mf", decode_mode="full"), keys, keys, positions, positions,
-                            prompt_length=visual.shape[1])
+    full = future_extension(
+        FutureMaskSpec("Mf", decode_mode="full"), keys, keys, positions, positions, prompt_length=visual.shape[1]
+    )
     prefill = future_extension(FutureMaskSpec("Mf"), keys, keys, positions, positions, prompt_length=4)
     assert full[0, 1, 4:].all() and not prefill[0, 1, 4:].any()
 

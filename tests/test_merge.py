@@ -50,8 +50,10 @@ def base_masks(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return allowed, additive
 
 
-LAYOUTS = [[False] * 3 + [True] * 5 + [False] * 2 + [True] * 6 + [False] * 3,
-           [False, True, True, True, False, True, True, False, False, True, True, True, True]]
+LAYOUTS = [
+    [False] * 3 + [True] * 5 + [False] * 2 + [True] * 6 + [False] * 3,
+    [False, True, True, True, False, True, True, False, False, True, True, True, True],
+]
 CASES = list(itertools.product(["Mf", "Mv2v", "Mv2t"], ["max", "mean"], [1, 2, 3], [1, 2]))
 
 
@@ -67,8 +69,9 @@ def test_merge_matches_brute_force(mask: str, op: str, kernel: int, slots: int, 
         eager_out, probs = future_eager_attention(FakeLayer(), query, key, value, eager_base)
     for b in range(len(LAYOUTS)):
         rows = valid[b].nonzero().flatten()  # padded query rows are not compared (all their keys masked)
-        ref_out, ref_probs = merged_attention(query[b], key[b], value[b], visual[b].tolist(), mask, op, kernel,
-                                              slots, valid[b].tolist())
+        ref_out, ref_probs = merged_attention(
+            query[b], key[b], value[b], visual[b].tolist(), mask, op, kernel, slots, valid[b].tolist()
+        )
         torch.testing.assert_close(sdpa_out[b, rows].double(), ref_out[rows], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(eager_out[b, rows].double(), ref_out[rows], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(probs[b][:, rows].double(), ref_probs[:, rows], atol=1e-5, rtol=1e-5)

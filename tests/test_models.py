@@ -59,7 +59,9 @@ def test_causal_equals_stock_qwen2_vl(backend: str) -> None:
     reference, model = tiny_qwen2_vl(attn=backend), enable_future_attention(tiny_qwen2_vl(attn=backend), backend)
     with torch.no_grad():
         expected = reference(**inputs).logits
-        got = model(**inputs, future_attention=future_attention_for(model, inputs["input_ids"], FutureMaskSpec())).logits
+        got = model(
+            **inputs, future_attention=future_attention_for(model, inputs["input_ids"], FutureMaskSpec())
+        ).logits
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
@@ -119,16 +121,25 @@ def test_full_mode_logits_equal_cache_free_reference(label: str) -> None:
     spec = FutureMaskSpec.parse(label)
     model, reference = enable_future_attention(tiny_llava()), tiny_llava(attn="eager")
     ids, pixels = llava_prompt(), llava_pixels()
-    out = generate_with_mask(model, spec, ids, pixel_values=pixels, max_new_tokens=4, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+    out = generate_with_mask(
+        model,
+        spec,
+        ids,
+        pixel_values=pixels,
+        max_new_tokens=4,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     prompt_visual = visual_token_mask(model.config, ids)
     for step, logits in enumerate(out.logits):
         sequence = out.sequences[:, : ids.shape[1] + step]
         visual = torch.nn.functional.pad(prompt_visual, (0, step), value=False)
         pattern = allowed_matrix(visual, FutureMaskSpec(spec.mask, decode_mode="full"))
         with torch.no_grad():
-            expected = reference(input_ids=sequence, pixel_values=pixels, attention_mask=additive_mask(pattern),
-                                 use_cache=False).logits[:, -1]
+            expected = reference(
+                input_ids=sequence, pixel_values=pixels, attention_mask=additive_mask(pattern), use_cache=False
+            ).logits[:, -1]
         torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
 
 
@@ -147,10 +158,18 @@ def test_generate_equals_manual_prefill_decode_loop_llava(label: str) -> None:
     model = enable_future_attention(tiny_llava())
     ids, pixels = llava_prompt(frames=3), llava_pixels(3)
     spec = FutureMaskSpec.parse(label)
-    out = generate_with_mask(model, spec, ids, pixel_values=pixels, max_new_tokens=6, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
+    out = generate_with_mask(
+        model,
+        spec,
+        ids,
+        pixel_values=pixels,
+        max_new_tokens=6,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     tokens, steps = decode_n_tokens(model, spec, ids, 6, pixel_values=pixels)
-    assert torch.equal(out.sequences[:, ids.shape[1]:], tokens)
+    assert torch.equal(out.sequences[:, ids.shape[1] :], tokens)
     for a, b in zip(out.logits, steps):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
 
@@ -163,7 +182,7 @@ def test_generate_equals_manual_loop_qwen2_vl(label: str) -> None:
     spec = FutureMaskSpec.parse(label)
     generated = generate_with_mask(model, spec, ids, max_new_tokens=5, do_sample=False, **inputs)
     tokens, _ = decode_n_tokens(model, spec, ids, 5, **inputs)
-    assert torch.equal(generated[:, ids.shape[1]:], tokens)
+    assert torch.equal(generated[:, ids.shape[1] :], tokens)
 
 
 def test_masks_are_per_request_and_thread_safe() -> None:
@@ -173,8 +192,16 @@ def test_masks_are_per_request_and_thread_safe() -> None:
     labels = ["causal", "Mf/prefill", "Mv2v+merge", "Mv2t/prefill"] * 3
 
     def run(label: str) -> torch.Tensor:
-        out = generate_with_mask(model, FutureMaskSpec.parse(label), ids, pixel_values=pixels, max_new_tokens=5,
-                                 do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = generate_with_mask(
+            model,
+            FutureMaskSpec.parse(label),
+            ids,
+            pixel_values=pixels,
+            max_new_tokens=5,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
         return torch.stack(out.logits)
 
     expected = {label: run(label) for label in set(labels)}

@@ -11,8 +11,17 @@ from fm_agent.data.episodes import EpisodeArrays, Sample, all_samples
 from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
 from fm_agent.training.loop import TrainSettings, forward_loss, make_batch, train
 
-TINY = BackboneShape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vision_hidden=16,
-                     vision_layers=1, vision_heads=2, patch_size=8)
+TINY = BackboneShape(
+    hidden=32,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=64,
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=2,
+    patch_size=8,
+)
 INSTRUCTION = "pick up the black bowl and place it on the plate"
 CAMERAS = ["agentview", "wrist"]
 
@@ -20,9 +29,19 @@ CAMERAS = ["agentview", "wrist"]
 def parallel_policy(chunk: int = 3, seed: int = 0, head: str = "parallel") -> VLAPolicy:
     rng = np.random.default_rng(seed)
     tokenizer = ActionTokenizer.fit(rng.uniform(-1, 1, (500, 7)), bins=32, chunk=chunk)
-    config = VLAConfig(env_family="libero", cameras=CAMERAS, image_size=16, history=2,
-                       action_tokenizer=tokenizer.to_dict(), proprio_dim=8, proprio_bins=8,
-                       proprio_low=[-1.0] * 8, proprio_high=[1.0] * 8, backbone=TINY, action_head=head)
+    config = VLAConfig(
+        env_family="libero",
+        cameras=CAMERAS,
+        image_size=16,
+        history=2,
+        action_tokenizer=tokenizer.to_dict(),
+        proprio_dim=8,
+        proprio_bins=8,
+        proprio_low=[-1.0] * 8,
+        proprio_high=[1.0] * 8,
+        backbone=TINY,
+        action_head=head,
+    )
     policy = VLAPolicy.create(config, [INSTRUCTION], seed=seed)
     with torch.no_grad():  # sharper random weights, so that masks and inputs visibly change the actions
         for parameter in policy.model.model.language_model.parameters():
@@ -39,9 +58,16 @@ def observation(seed: int = 0, proprio: float = 0.1) -> Observation:
 
 def episodes(n: int = 3, steps: int = 12, seed: int = 0) -> list[EpisodeArrays]:
     rng = np.random.default_rng(seed)
-    return [EpisodeArrays(INSTRUCTION, {c: rng.integers(0, 256, (steps, 16, 16, 3), dtype=np.uint8) for c in CAMERAS},
-                          rng.uniform(-1, 1, (steps, 8)).astype(np.float32),
-                          rng.uniform(-1, 1, (steps, 7)).astype(np.float32), {}) for _ in range(n)]
+    return [
+        EpisodeArrays(
+            INSTRUCTION,
+            {c: rng.integers(0, 256, (steps, 16, 16, 3), dtype=np.uint8) for c in CAMERAS},
+            rng.uniform(-1, 1, (steps, 8)).astype(np.float32),
+            rng.uniform(-1, 1, (steps, 7)).astype(np.float32),
+            {},
+        )
+        for _ in range(n)
+    ]
 
 
 def count_decoder_calls(policy: VLAPolicy) -> list[int]:
@@ -80,9 +106,12 @@ def test_serving_reads_the_logits_training_scores() -> None:
     spec = FutureMaskSpec.parse("Mf+merge")
     n, (lo, hi) = policy.actions.tokens_per_call, policy.actions.token_range()
     with torch.no_grad():
-        logits = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              pixel_values=batch["pixel_values"],
-                              future_attention=FutureAttention(spec, batch["visual"])).logits[:, -n:, lo:hi]
+        logits = policy.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            future_attention=FutureAttention(spec, batch["visual"]),
+        ).logits[:, -n:, lo:hi]
     from fm_agent.data.episodes import history_frames
 
     e = data[0]
@@ -98,8 +127,10 @@ def test_targets_never_enter_the_input_and_masks_matter() -> None:
     a, b = (make_batch(policy, [e], [Sample(0, 4)]) for e in (base, other))
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
     assert not torch.equal(a["targets"], b["targets"])
-    results = {label: policy.predict([observation(3)], FutureMaskSpec.parse(label))[0].tokens
-               for label in ("causal", "Mf/prefill")}
+    results = {
+        label: policy.predict([observation(3)], FutureMaskSpec.parse(label))[0].tokens
+        for label in ("causal", "Mf/prefill")
+    }
     assert not np.array_equal(results["causal"], results["Mf/prefill"]), "visual rows see the placeholders under Mf"
 
 
@@ -115,8 +146,9 @@ def test_batch_equals_single_and_sampling_is_seeded() -> None:
 
     def sampled(seed: int) -> np.ndarray:
         o = observation(1)
-        return policy.predict([Observation(o.frames, o.instruction, o.proprio, 50.0, step_generator(seed, 0))],
-                              spec)[0].tokens
+        return policy.predict([Observation(o.frames, o.instruction, o.proprio, 50.0, step_generator(seed, 0))], spec)[
+            0
+        ].tokens
 
     assert np.array_equal(sampled(4), sampled(4))
     assert any(not np.array_equal(sampled(4), sampled(s)) for s in (5, 6, 7))
@@ -130,8 +162,16 @@ def test_parallel_training_lowers_the_loss(mask: str, tmp_path) -> None:
     spec = FutureMaskSpec.parse(mask)
     with torch.no_grad():
         before = forward_loss(policy, batch, spec)[0].item()
-    settings = TrainSettings(steps=20, batch_size=16, lr=3e-3, warmup=2, train_masks=(mask,), validate_every=20,
-                             checkpoint_every=20, threads=1)
+    settings = TrainSettings(
+        steps=20,
+        batch_size=16,
+        lr=3e-3,
+        warmup=2,
+        train_masks=(mask,),
+        validate_every=20,
+        checkpoint_every=20,
+        threads=1,
+    )
     train(policy, data, data[:1], settings, tmp_path)
     policy.model.eval()
     with torch.no_grad():
@@ -145,7 +185,9 @@ def test_save_load_keeps_the_head(tmp_path) -> None:
     loaded = VLAPolicy.from_pretrained(tmp_path)
     assert loaded.parallel and loaded.config.action_head == "parallel"
     spec = FutureMaskSpec.parse("Mf+merge")
-    assert np.array_equal(policy.predict([observation()], spec)[0].tokens, loaded.predict([observation()], spec)[0].tokens)
+    assert np.array_equal(
+        policy.predict([observation()], spec)[0].tokens, loaded.predict([observation()], spec)[0].tokens
+    )
 
 
 def test_a_tokenizer_without_placeholders_is_refused(tmp_path) -> None:
@@ -154,12 +196,18 @@ def test_a_tokenizer_without_placeholders_is_refused(tmp_path) -> None:
     checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "libero_spatial"
     config = VLAConfig.load(checkpoint)
     config.action_head = "parallel"
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "generation_config.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ):
         (tmp_path / name).write_bytes((checkpoint / name).read_bytes())
     config.save(tmp_path)
     with pytest.raises(ValueError, match="<query>"):
         VLAPolicy.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="action_head"):
-        VLAConfig(env_family="libero", cameras=CAMERAS, image_size=16, history=2, action_tokenizer={},
-                  action_head="diffusion")
+        VLAConfig(
+            env_family="libero", cameras=CAMERAS, image_size=16, history=2, action_tokenizer={}, action_head="diffusion"
+        )

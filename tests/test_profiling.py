@@ -11,10 +11,39 @@ from fm_agent.profiling.layouts import parse_layout, vla_layout
 
 
 def test_profile_writes_json_plot_and_table(tmp_path, capsys) -> None:
-    code = main(["profile", "--preset", "quick", "--contexts", "64", "--repetitions", "1", "--decode-tokens", "2",
-                 "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
-                 "--vocab", "128", "--frame-tokens", "8", "--specs", "causal", "Mf/full", "Mf+merge",
-                 "--out", str(tmp_path)])
+    code = main(
+        [
+            "profile",
+            "--preset",
+            "quick",
+            "--contexts",
+            "64",
+            "--repetitions",
+            "1",
+            "--decode-tokens",
+            "2",
+            "--hidden",
+            "32",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--intermediate",
+            "64",
+            "--vocab",
+            "128",
+            "--frame-tokens",
+            "8",
+            "--specs",
+            "causal",
+            "Mf/full",
+            "Mf+merge",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "latency.json").read_text())
     assert {r["spec"] for r in report["results"]} == {"causal", "Mf/full", "Mf+merge"}
@@ -57,7 +86,8 @@ def test_transport_paths_take_turns_in_rotating_order() -> None:
     summary = summarise_paths(timings)
     assert "transport" not in summary["in_process_step"] and summary["a"]["transport"]["n"] == 5
     assert summary["a"]["round_trip_minus_in_process_p50_ms"] == pytest.approx(
-        summary["a"]["round_trip"]["p50_ms"] - summary["in_process_step"]["round_trip"]["p50_ms"])
+        summary["a"]["round_trip"]["p50_ms"] - summary["in_process_step"]["round_trip"]["p50_ms"]
+    )
 
 
 def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
@@ -68,8 +98,9 @@ def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
 
     from fm_agent.profiling.transport import format_report, plot_report, run_transport_benchmark
 
-    report = run_transport_benchmark(Path("checkpoints/libero_spatial"), repeats=2, image_size=32, concurrent=2,
-                                     concurrent_steps=2)
+    report = run_transport_benchmark(
+        Path("checkpoints/libero_spatial"), repeats=2, image_size=32, concurrent=2, concurrent_steps=2
+    )
     for ordering in ("interleaved", "blocks"):
         paths = report["orderings"][ordering]["paths"]
         assert {"in_process_step", "grpc", "grpc_no_deadline", "grpc_stream", "grpc_stream_threaded"} <= set(paths)

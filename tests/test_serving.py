@@ -164,13 +164,18 @@ def test_concurrent_episodes_keep_histories_and_masks_apart(server, checkpoint) 
     """Same observations in episodes with different masks, interleaved across threads, give exactly the
     in-process model's actions under those masks."""
     policy = VLAPolicy.from_pretrained(checkpoint)
-    masks = {"causal": FutureMaskSpec(), "Mf": FutureMaskSpec("Mf"),
-             "Mv2t+merge": FutureMaskSpec("Mv2t", merge=MergeOptions())}
+    masks = {
+        "causal": FutureMaskSpec(),
+        "Mf": FutureMaskSpec("Mf"),
+        "Mv2t+merge": FutureMaskSpec("Mv2t", merge=MergeOptions()),
+    }
     frames = [frame(100 + s) for s in range(4)]
     expected = {}
     for label, spec in masks.items():
-        expected[label] = [policy.predict([Observation(frames[max(0, s - 1):s + 1], INSTRUCTION, np.full(8, 0.1))],
-                                          spec)[0].actions for s in range(4)]
+        expected[label] = [
+            policy.predict([Observation(frames[max(0, s - 1) : s + 1], INSTRUCTION, np.full(8, 0.1))], spec)[0].actions
+            for s in range(4)
+        ]
     results: dict[str, list] = {}
 
     def run(label: str) -> None:
@@ -211,8 +216,10 @@ def test_bad_inputs_get_specific_statuses_and_change_nothing(client, server) -> 
     assert code_of(lambda: send(pb.Observation(images=images(dtype="float32"), proprio=proprio))) == bad
     assert code_of(lambda: send(pb.Observation(images=images(camera="top"), proprio=proprio))) == bad
     assert code_of(lambda: send(pb.Observation(images=images()[:1], proprio=proprio))) == bad  # missing camera
-    assert code_of(lambda: send(pb.Observation(images=images(encoding=pb.Image.PNG, data=b"not a png"),
-                                               proprio=proprio))) == bad
+    assert (
+        code_of(lambda: send(pb.Observation(images=images(encoding=pb.Image.PNG, data=b"not a png"), proprio=proprio)))
+        == bad
+    )
     assert code_of(lambda: send(pb.Observation(images=images(), proprio=[float("nan")] * 8))) == bad
     assert code_of(lambda: send(pb.Observation(images=images(), proprio=[0.0] * 3))) == bad
     assert code_of(lambda: send(pb.Observation(images=images(), proprio=proprio), "nope")) == grpc.StatusCode.NOT_FOUND
@@ -322,7 +329,7 @@ def test_retry_policy_retries_only_unavailable_with_growing_jittered_waits() -> 
     policy = RetryPolicy(retries=3, backoff_s=0.1)
     for attempt in range(3):
         wait = policy.delay(grpc.StatusCode.UNAVAILABLE, attempt)
-        assert 0.05 * 2 ** attempt <= wait <= 0.1 * 2 ** attempt
+        assert 0.05 * 2**attempt <= wait <= 0.1 * 2**attempt
     assert policy.delay(grpc.StatusCode.UNAVAILABLE, 3) is None  # retries spent
     for code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED):
         assert policy.delay(code, 0) is None
@@ -357,10 +364,15 @@ def test_generated_code_is_current(tmp_path) -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    subprocess.run(["bash", str(root / "launch/gen_protos.sh"), str(tmp_path)], check=True, cwd=root,
-                   env={**__import__("os").environ, "PYTHON": sys.executable})
+    subprocess.run(
+        ["bash", str(root / "launch/gen_protos.sh"), str(tmp_path)],
+        check=True,
+        cwd=root,
+        env={**__import__("os").environ, "PYTHON": sys.executable},
+    )
     generated = [f"client/src/fm_agent_client/v1/policy_pb2{suffix}" for suffix in (".py", "_grpc.py", ".pyi")]
     generated += [f"fm_agent/v1/reflection_v1_pb2{suffix}" for suffix in (".py", "_grpc.py", ".pyi")]
     for name in generated:
-        assert (tmp_path / name).read_text() == (root / name).read_text(), \
+        assert (tmp_path / name).read_text() == (root / name).read_text(), (
             f"{name} is stale: run bash launch/gen_protos.sh"
+        )

@@ -22,8 +22,13 @@ from serving_helpers import INSTRUCTION, start_server, tiny_checkpoint
 
 from fm_agent_client import PolicyClient, pb
 
-CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                 grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE}
+CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
 CAMERAS = ("agentview", "wrist")
 EXAMPLES = int(os.environ.get("FM_AGENT_FUZZ_EXAMPLES", "150"))
 U32, U64 = 2**32 - 1, 2**64 - 1
@@ -32,8 +37,7 @@ U32, U64 = 2**32 - 1, 2**64 - 1
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("policy"))
-    server = start_server(checkpoint, "--max-image-pixels", "4096", "--max-message-mb", "1",
-                          "--max-episodes", "1000")
+    server = start_server(checkpoint, "--max-image-pixels", "4096", "--max-message-mb", "1", "--max-episodes", "1000")
     channel = grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 4 << 20)])
     with PolicyClient(server.address, timeout=20, retries=0) as client:
         a = client.start_episode(INSTRUCTION, seed=5, temperature=1.0)
@@ -61,16 +65,27 @@ def images(draw) -> pb.Image:
     h, w = draw(st.integers(1, 40)), draw(st.integers(1, 40))
     seed = draw(st.integers(0, 1000))
     if kind == "raw":
-        image = pb.Image(camera=camera, encoding=pb.Image.RAW, height=h, width=w, channels=3,
-                         data=np.random.default_rng(seed).integers(0, 256, h * w * 3, dtype=np.uint8).tobytes())
+        image = pb.Image(
+            camera=camera,
+            encoding=pb.Image.RAW,
+            height=h,
+            width=w,
+            channels=3,
+            data=np.random.default_rng(seed).integers(0, 256, h * w * 3, dtype=np.uint8).tobytes(),
+        )
     elif kind == "png":
         image = pb.Image(camera=camera, encoding=pb.Image.PNG, data=png(h, w, seed))
     else:
-        image = pb.Image(camera=camera, encoding=draw(st.sampled_from([0, 1, 2, 3, 77])), data=draw(st.binary(max_size=300)))
-    for name, values in (("height", sides), ("width", sides),
-                         ("channels", st.sampled_from([0, 1, 3, 4, U32])),
-                         ("dtype", st.one_of(st.sampled_from(["", "uint8", "float32", "uint16"]), st.text(max_size=8))),
-                         ("data", st.binary(max_size=64))):
+        image = pb.Image(
+            camera=camera, encoding=draw(st.sampled_from([0, 1, 2, 3, 77])), data=draw(st.binary(max_size=300))
+        )
+    for name, values in (
+        ("height", sides),
+        ("width", sides),
+        ("channels", st.sampled_from([0, 1, 3, 4, U32])),
+        ("dtype", st.one_of(st.sampled_from(["", "uint8", "float32", "uint16"]), st.text(max_size=8))),
+        ("data", st.binary(max_size=64)),
+    ):
         if draw(st.integers(0, 24)) == 0:  # now and then a field is off
             setattr(image, name, draw(values))
     return image
@@ -83,10 +98,14 @@ proprio = st.one_of(valid_proprio, valid_proprio, st.lists(floats, max_size=12))
 
 @st.composite
 def act_requests(draw, episode_id: str) -> pb.ActRequest:
-    ids = st.one_of(st.just(episode_id), st.just(episode_id), st.just(episode_id), st.text(max_size=40),
-                    st.just("e" * 20000))
-    observation = pb.Observation(images=draw(st.lists(images(), max_size=4)), proprio=draw(proprio),
-                                 client_time=draw(st.floats(allow_nan=True, allow_infinity=True)))
+    ids = st.one_of(
+        st.just(episode_id), st.just(episode_id), st.just(episode_id), st.text(max_size=40), st.just("e" * 20000)
+    )
+    observation = pb.Observation(
+        images=draw(st.lists(images(), max_size=4)),
+        proprio=draw(proprio),
+        client_time=draw(st.floats(allow_nan=True, allow_infinity=True)),
+    )
     if draw(st.booleans()):  # half the time: both cameras present, in order
         observation.ClearField("images")
         observation.images.extend([draw(images()) for _ in CAMERAS])
@@ -108,17 +127,19 @@ mask_options = st.builds(
 
 @st.composite
 def start_requests(draw) -> pb.StartEpisodeRequest:
-    instruction = draw(st.one_of(st.just(INSTRUCTION), st.text(max_size=200), st.just("a " * 3000),
-                                 st.just("a " * 1000)))
-    request = pb.StartEpisodeRequest(instruction=instruction, mask=draw(mask_options),
-                                     seed=draw(st.integers(0, U64)))
+    instruction = draw(
+        st.one_of(st.just(INSTRUCTION), st.text(max_size=200), st.just("a " * 3000), st.just("a " * 1000))
+    )
+    request = pb.StartEpisodeRequest(instruction=instruction, mask=draw(mask_options), seed=draw(st.integers(0, U64)))
     if draw(st.booleans()):
         request.temperature = draw(st.one_of(floats, st.floats(0, 2, width=32)))
     return request
 
 
-garbage = st.tuples(st.sampled_from(["GetInfo", "StartEpisode", "EndEpisode", "Act"]),
-                    st.one_of(st.binary(max_size=200), st.just(b"\xff" * 64)))
+garbage = st.tuples(
+    st.sampled_from(["GetInfo", "StartEpisode", "EndEpisode", "Act"]),
+    st.one_of(st.binary(max_size=200), st.just(b"\xff" * 64)),
+)
 
 
 def health_of(channel: grpc.Channel) -> int:

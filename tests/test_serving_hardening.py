@@ -46,8 +46,9 @@ def client(server):
 
 def health_of(address: str, timeout: float = 5) -> int:
     with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
-                                                          timeout=timeout).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
+        )
 
 
 def rpc_error(call) -> grpc.RpcError:
@@ -69,7 +70,9 @@ def test_every_request_size_is_bounded_and_the_message_names_the_limit(client, s
     assert 0 < info.limits.max_instruction_words < 512
     cases = {
         "max_instruction_chars": lambda: client.start_episode("go " * 400_000),  # 1.2 MB
-        "max_instruction_words": lambda: client.start_episode(" ".join(["a"] * (info.limits.max_instruction_words + 1))),
+        "max_instruction_words": lambda: client.start_episode(
+            " ".join(["a"] * (info.limits.max_instruction_words + 1))
+        ),
         "merge_slots": lambda: client.start_episode(INSTRUCTION, mask="Mf", merge=True, merge_slots=4294967295),
         "merge_kernel": lambda: client.start_episode(INSTRUCTION, mask="Mf", merge=True, merge_kernel=10**6),
     }
@@ -81,10 +84,14 @@ def test_every_request_size_is_bounded_and_the_message_names_the_limit(client, s
     episode = client.start_episode(INSTRUCTION)
     bomb = png_bytes(3000, 3000)  # a few KB that would decode to 27 MB
     assert len(bomb) < 200_000
-    for image in (pb.Image(camera="agentview", encoding=pb.Image.PNG, data=bomb),
-                  pb.Image(camera="agentview", height=100, width=100, data=bytes(30_000))):
-        request = pb.ActRequest(episode_id=episode, observation=pb.Observation(
-            images=[image, encode_image("wrist", frame(0)["wrist"])], proprio=[0.0] * 8))
+    for image in (
+        pb.Image(camera="agentview", encoding=pb.Image.PNG, data=bomb),
+        pb.Image(camera="agentview", height=100, width=100, data=bytes(30_000)),
+    ):
+        request = pb.ActRequest(
+            episode_id=episode,
+            observation=pb.Observation(images=[image, encode_image("wrist", frame(0)["wrist"])], proprio=[0.0] * 8),
+        )
         error = rpc_error(lambda: client.stub.Act(request, timeout=10))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_image_pixels" in error.details()
     long_id = rpc_error(lambda: client.act("x" * 100_000, frame(0), np.zeros(8)))
@@ -96,11 +103,17 @@ def test_every_request_size_is_bounded_and_the_message_names_the_limit(client, s
 def test_cameras_of_any_size_are_fitted_on_arrival(client, checkpoint) -> None:
     """Differing camera sizes and a resolution change mid-episode are served; the history holds fitted frames."""
     rng = np.random.default_rng(3)
-    sent = [{"agentview": rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
-             "wrist": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)},
-            {"agentview": rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
-             "wrist": rng.integers(0, 256, (60, 32, 3), dtype=np.uint8)},
-            frame(9)]
+    sent = [
+        {
+            "agentview": rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
+            "wrist": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8),
+        },
+        {
+            "agentview": rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
+            "wrist": rng.integers(0, 256, (60, 32, 3), dtype=np.uint8),
+        },
+        frame(9),
+    ]
     episode = client.start_episode(INSTRUCTION, mask="Mf", merge=True)
     twin = client.start_episode(INSTRUCTION, mask="Mf", merge=True)
     for f in sent:
@@ -126,8 +139,10 @@ def test_one_faulty_request_in_a_batch_fails_alone(policy, caplog) -> None:
         return real(observations, spec)
 
     policy.predict_prepared = fragile
-    with InProcessServer(policy, batch_window_ms=400, grace_s=1) as server, \
-            PolicyClient(server.address, timeout=20, retries=0) as c:
+    with (
+        InProcessServer(policy, batch_window_ms=400, grace_s=1) as server,
+        PolicyClient(server.address, timeout=20, retries=0) as c,
+    ):
         episodes = [c.start_episode(INSTRUCTION) for _ in range(3)] + [c.start_episode("zebra crossing")]
         outcomes: dict[int, object] = {}
 
@@ -170,8 +185,9 @@ def test_a_cancelled_step_never_runs_and_shifts_no_draws(policy) -> None:
             time.sleep(0.01)
         episode = c.start_episode(INSTRUCTION, seed=11, temperature=5.0)
         with PolicyClient(server.address, timeout=0.3, retries=0) as hasty:
-            assert rpc_error(lambda: hasty.act(episode, frame(1), np.zeros(8))).code() == \
-                grpc.StatusCode.DEADLINE_EXCEEDED
+            assert (
+                rpc_error(lambda: hasty.act(episode, frame(1), np.zeros(8))).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            )
         gate.set()
         thread.join(30)
         deadline = time.monotonic() + 10
@@ -187,8 +203,10 @@ def test_a_cancelled_step_never_runs_and_shifts_no_draws(policy) -> None:
 def test_health_reports_a_stalled_worker_and_recovers(policy) -> None:
     gate, real = threading.Event(), policy.predict_prepared
     policy.predict_prepared = lambda observations, spec=None: (gate.wait(30), real(observations, spec))[1]
-    with InProcessServer(policy, grace_s=1, limits=Limits(stall_timeout_s=0.5)) as server, \
-            PolicyClient(server.address, timeout=20, retries=0) as c:
+    with (
+        InProcessServer(policy, grace_s=1, limits=Limits(stall_timeout_s=0.5)) as server,
+        PolicyClient(server.address, timeout=20, retries=0) as c,
+    ):
         episode = c.start_episode(INSTRUCTION)
         thread = threading.Thread(target=lambda: c.act(episode, frame(0), np.zeros(8)))
         thread.start()
@@ -230,8 +248,10 @@ def test_the_event_loop_stays_free_while_a_request_is_decoded(policy) -> None:
 def test_queue_bound_refuses_at_once(policy) -> None:
     gate, real = threading.Event(), policy.predict_prepared
     policy.predict_prepared = lambda observations, spec=None: (gate.wait(30), real(observations, spec))[1]
-    with InProcessServer(policy, grace_s=1, max_batch=1, limits=Limits(max_queued_requests=2)) as server, \
-            PolicyClient(server.address, timeout=20, retries=0) as c:
+    with (
+        InProcessServer(policy, grace_s=1, max_batch=1, limits=Limits(max_queued_requests=2)) as server,
+        PolicyClient(server.address, timeout=20, retries=0) as c,
+    ):
         episodes = [c.start_episode(INSTRUCTION) for _ in range(3)]
         threads = [threading.Thread(target=lambda e=e: c.act(e, frame(0), np.zeros(8))) for e in episodes[:2]]
         for t in threads:
@@ -267,22 +287,45 @@ def test_reflection_v1_and_v1alpha(server, version: str) -> None:
 
     messages = importlib.import_module("grpc_reflection.v1alpha.reflection_pb2")
     with grpc.insecure_channel(server.address) as channel:
-        call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
-                                     request_serializer=messages.ServerReflectionRequest.SerializeToString,
-                                     response_deserializer=messages.ServerReflectionResponse.FromString)
-        requests = [messages.ServerReflectionRequest(list_services=""),
-                    messages.ServerReflectionRequest(file_containing_symbol="fm_agent.v1.PolicyService")]
+        call = channel.stream_stream(
+            f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+            request_serializer=messages.ServerReflectionRequest.SerializeToString,
+            response_deserializer=messages.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            messages.ServerReflectionRequest(list_services=""),
+            messages.ServerReflectionRequest(file_containing_symbol="fm_agent.v1.PolicyService"),
+        ]
         listed, described = list(call(iter(requests), timeout=10))
     names = {s.name for s in listed.list_services_response.service}
-    assert {"fm_agent.v1.PolicyService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert {
+        "fm_agent.v1.PolicyService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
     assert described.file_descriptor_response.file_descriptor_proto, "the service's schema is served"
 
 
 def test_a_busy_port_is_an_error_at_start(server, checkpoint) -> None:
     port = server.address.rsplit(":", 1)[1]
-    second = subprocess.run([sys.executable, "-m", "fm_agent.cli", "serve", "--checkpoint", str(checkpoint),
-                             "--port", port, "--threads", "1"], capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fm_agent.cli",
+            "serve",
+            "--checkpoint",
+            str(checkpoint),
+            "--port",
+            port,
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 2 and "in use" in second.stderr, second.stderr[-2000:]
     assert health_of(server.address) == SERVING
 
@@ -292,8 +335,9 @@ def test_soak_benchmark_runs_and_reports(checkpoint, tmp_path) -> None:
     from fm_agent.profiling.config import SoakConfig
     from fm_agent.profiling.soak import format_report, run_soak
 
-    report = run_soak(SoakConfig(checkpoint=checkpoint, episodes=2, seconds=3, bad_fraction=0.5, image_size=32,
-                                   out=tmp_path))
+    report = run_soak(
+        SoakConfig(checkpoint=checkpoint, episodes=2, seconds=3, bad_fraction=0.5, image_size=32, out=tmp_path)
+    )
     assert report["valid"]["ok"] > 0 and report["valid"]["failed"] == {}
     assert report["bad"]["sent"] > 0 and report["bad"]["not_a_client_error"] == {}
     assert report["health"]["not_serving"] == {} and report["health"]["latency_ms"]["n"] > 0

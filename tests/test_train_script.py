@@ -17,10 +17,36 @@ def test_train_bc_trains_on_several_demo_folders_and_records_them(tmp_path) -> N
     record(["babyai:BabyAI-GoToLocal-v0"], 2, RecordSettings(out=tmp_path / "a"))
     record(["babyai:BabyAI-PickupLoc-v0"], 2, RecordSettings(out=tmp_path / "b"))
     out = tmp_path / "ckpt"
-    command = [sys.executable, str(ROOT / "launch" / "train_bc.py"), "--preset", "babyai",
-               "--data", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
-               "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--steps", "2",
-               "--batch-size", "4", "--validate-every", "1", "--val-fraction", "0.25", "--threads", "1", "--fresh"]
+    command = [
+        sys.executable,
+        str(ROOT / "launch" / "train_bc.py"),
+        "--preset",
+        "babyai",
+        "--data",
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        "--out",
+        str(out),
+        "--hidden",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--validate-every",
+        "1",
+        "--val-fraction",
+        "0.25",
+        "--threads",
+        "1",
+        "--fresh",
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

@@ -11,23 +11,47 @@ from fm_agent.data.episodes import EpisodeArrays
 from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
 from fm_agent.training.loop import TrainSettings, forward_loss, make_batch, train
 
-TINY = BackboneShape(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, vision_hidden=16,
-                     vision_layers=1, vision_heads=2, patch_size=8)
+TINY = BackboneShape(
+    hidden=32,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=64,
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=2,
+    patch_size=8,
+)
 INSTRUCTIONS = ["pick up the black bowl and place it on the plate", "go to the red ball, then open a door"]
 
 
 def libero_like(seed: int = 0, chunk: int = 2) -> VLAPolicy:
     rng = np.random.default_rng(seed)
     tokenizer = ActionTokenizer.fit(rng.uniform(-1, 1, (500, 7)), bins=32, chunk=chunk)
-    config = VLAConfig(env_family="libero", cameras=["agentview", "wrist"], image_size=16, history=2,
-                       action_tokenizer=tokenizer.to_dict(), proprio_dim=8, proprio_bins=8,
-                       proprio_low=[-1.0] * 8, proprio_high=[1.0] * 8, backbone=TINY)
+    config = VLAConfig(
+        env_family="libero",
+        cameras=["agentview", "wrist"],
+        image_size=16,
+        history=2,
+        action_tokenizer=tokenizer.to_dict(),
+        proprio_dim=8,
+        proprio_bins=8,
+        proprio_low=[-1.0] * 8,
+        proprio_high=[1.0] * 8,
+        backbone=TINY,
+    )
     return VLAPolicy.create(config, INSTRUCTIONS, seed=seed)
 
 
 def babyai_like(seed: int = 0) -> VLAPolicy:
-    config = VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=3,
-                       action_tokenizer=ActionTokenizer.discrete(7).to_dict(), backbone=TINY)
+    config = VLAConfig(
+        env_family="babyai",
+        cameras=["image"],
+        image_size=16,
+        history=3,
+        action_tokenizer=ActionTokenizer.discrete(7).to_dict(),
+        backbone=TINY,
+    )
     return VLAPolicy.create(config, INSTRUCTIONS, seed=seed)
 
 
@@ -77,8 +101,9 @@ def test_predict_under_every_mask(label: str) -> None:
 def test_batch_equals_single_predictions() -> None:
     """Left padding of prompts of different lengths changes nothing."""
     policy = libero_like()
-    observations = [Observation(frames(["agentview", "wrist"], seed=s), INSTRUCTIONS[s % 2], np.full(8, 0.1 * s))
-                    for s in range(3)]
+    observations = [
+        Observation(frames(["agentview", "wrist"], seed=s), INSTRUCTIONS[s % 2], np.full(8, 0.1 * s)) for s in range(3)
+    ]
     for label in ("causal", "Mf/prefill", "Mv2t+merge"):
         spec = FutureMaskSpec.parse(label)
         batch = policy.predict(observations, spec)
@@ -103,8 +128,10 @@ def test_sampling_is_seeded_valid_and_greedy_at_low_temperature() -> None:
 
     def draws(temperature: float, seed: int, n: int = 40) -> list[int]:
         generator = torch.Generator().manual_seed(seed)
-        return [int(policy.predict([Observation(history, INSTRUCTIONS[1], None, temperature, generator)])[0].actions[0])
-                for _ in range(n)]
+        return [
+            int(policy.predict([Observation(history, INSTRUCTIONS[1], None, temperature, generator)])[0].actions[0])
+            for _ in range(n)
+        ]
 
     greedy = int(policy.predict([Observation(history, INSTRUCTIONS[1])])[0].actions[0])
     assert draws(1e-4, 0, 5) == [greedy] * 5  # a vanishing temperature is greedy
@@ -112,8 +139,12 @@ def test_sampling_is_seeded_valid_and_greedy_at_low_temperature() -> None:
     assert hot == draws(100.0, 0) and hot != draws(100.0, 1)  # the generator makes draws reproducible
     assert len(set(hot)) > 1 and all(0 <= a < 7 for a in hot)  # near-uniform over valid actions only
     # rows of one batch sample independently, with their own temperature
-    batch = policy.predict([Observation(history, INSTRUCTIONS[1]),
-                            Observation(history, INSTRUCTIONS[1], None, 100.0, torch.Generator().manual_seed(0))])
+    batch = policy.predict(
+        [
+            Observation(history, INSTRUCTIONS[1]),
+            Observation(history, INSTRUCTIONS[1], None, 100.0, torch.Generator().manual_seed(0)),
+        ]
+    )
     assert int(batch[0].actions[0]) == greedy and int(batch[1].actions[0]) == hot[0]
 
 
@@ -124,9 +155,15 @@ def test_masks_change_the_action_logits() -> None:
     from fm_agent.attention import FutureAttention
 
     with torch.no_grad():
-        logits = {label: policy.model(**inputs, future_attention=FutureAttention(
-            FutureMaskSpec.parse(label), inputs["input_ids"] == policy.image_token_id)).logits[0, -1]
-                  for label in ("causal", "Mf/prefill", "Mv2v+merge")}
+        logits = {
+            label: policy.model(
+                **inputs,
+                future_attention=FutureAttention(
+                    FutureMaskSpec.parse(label), inputs["input_ids"] == policy.image_token_id
+                ),
+            ).logits[0, -1]
+            for label in ("causal", "Mf/prefill", "Mv2v+merge")
+        }
     assert not torch.allclose(logits["causal"], logits["Mf/prefill"])
     assert not torch.allclose(logits["causal"], logits["Mv2v+merge"])
 
@@ -147,8 +184,15 @@ def test_save_load_gives_identical_outputs(tmp_path) -> None:
 def test_prompt_order_decides_whether_causal_image_tokens_see_the_instruction(order: str, tmp_path) -> None:
     """Under the causal mask the image tokens' hidden states depend on the instruction only when it
     comes first; the order survives save/load."""
-    config = VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=2,
-                       action_tokenizer=ActionTokenizer.discrete(7).to_dict(), backbone=TINY, prompt_order=order)
+    config = VLAConfig(
+        env_family="babyai",
+        cameras=["image"],
+        image_size=16,
+        history=2,
+        action_tokenizer=ActionTokenizer.discrete(7).to_dict(),
+        backbone=TINY,
+        prompt_order=order,
+    )
     policy = VLAPolicy.create(config, INSTRUCTIONS, seed=0)
     policy.save_pretrained(tmp_path)
     policy = VLAPolicy.from_pretrained(tmp_path)
@@ -169,8 +213,14 @@ def test_prompt_order_decides_whether_causal_image_tokens_see_the_instruction(or
 
 def test_unknown_prompt_order_is_refused() -> None:
     with pytest.raises(ValueError, match="prompt_order"):
-        VLAConfig(env_family="babyai", cameras=["image"], image_size=16, history=2,
-                  action_tokenizer=ActionTokenizer.discrete(7).to_dict(), prompt_order="images_last")
+        VLAConfig(
+            env_family="babyai",
+            cameras=["image"],
+            image_size=16,
+            history=2,
+            action_tokenizer=ActionTokenizer.discrete(7).to_dict(),
+            prompt_order="images_last",
+        )
 
 
 def test_bad_inputs_get_clear_errors() -> None:
@@ -191,8 +241,16 @@ def test_bad_inputs_get_clear_errors() -> None:
 # -- training ----------------------------------------------------------------------------------------
 def tiny_episodes(n: int = 6, steps: int = 5) -> list[EpisodeArrays]:
     rng = np.random.default_rng(0)
-    return [EpisodeArrays(INSTRUCTIONS[i % 2], {"image": rng.integers(0, 256, (steps, 16, 16, 3), dtype=np.uint8)},
-                          None, rng.integers(0, 7, steps), {}) for i in range(n)]
+    return [
+        EpisodeArrays(
+            INSTRUCTIONS[i % 2],
+            {"image": rng.integers(0, 256, (steps, 16, 16, 3), dtype=np.uint8)},
+            None,
+            rng.integers(0, 7, steps),
+            {},
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("mask", ["causal", "Mf/prefill", "Mv2t+merge"])
@@ -204,8 +262,16 @@ def test_training_lowers_the_loss(mask: str, tmp_path) -> None:
     spec = FutureMaskSpec.parse(mask)
     with torch.no_grad():
         before = forward_loss(policy, batch, spec)[0].item()
-    settings = TrainSettings(steps=15, batch_size=16, lr=3e-3, warmup=2, train_masks=(mask,), validate_every=15,
-                             checkpoint_every=15, threads=1)
+    settings = TrainSettings(
+        steps=15,
+        batch_size=16,
+        lr=3e-3,
+        warmup=2,
+        train_masks=(mask,),
+        validate_every=15,
+        checkpoint_every=15,
+        threads=1,
+    )
     log = train(policy, episodes, episodes[:2], settings, tmp_path)
     policy.model.eval()
     with torch.no_grad():
@@ -251,8 +317,12 @@ def test_random_shift_moves_each_view_and_keeps_the_motion_between_frames() -> N
     shifts = set()
     for i in range(samples):
         for c in range(cameras):
-            found = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                     if torch.equal(out[i, 0, c], padded[:, dy:dy + size, dx:dx + size])]
+            found = [
+                (dy, dx)
+                for dy in range(2 * pad + 1)
+                for dx in range(2 * pad + 1)
+                if torch.equal(out[i, 0, c], padded[:, dy : dy + size, dx : dx + size])
+            ]
             assert found, "a view is not a shifted copy of the image"
             shifts.add(found[0])
     assert len(shifts) > 1
@@ -265,8 +335,13 @@ def test_training_never_shows_targets_to_images() -> None:
     obs_frames = frames(["agentview", "wrist"])
     from fm_agent.data.episodes import EpisodeArrays as E
 
-    base = E(INSTRUCTIONS[0], {c: np.stack([f[c] for f in obs_frames]) for c in ("agentview", "wrist")},
-             np.zeros((2, 8), np.float32), np.zeros((2, 7), np.float32), {})
+    base = E(
+        INSTRUCTIONS[0],
+        {c: np.stack([f[c] for f in obs_frames]) for c in ("agentview", "wrist")},
+        np.zeros((2, 8), np.float32),
+        np.zeros((2, 7), np.float32),
+        {},
+    )
     other = E(base.instruction, base.frames, base.proprio, np.full((2, 7), 0.9, np.float32), {})
     from fm_agent.data.episodes import Sample
 
@@ -275,9 +350,15 @@ def test_training_never_shows_targets_to_images() -> None:
 
     spec = FutureMaskSpec.parse("Mf/prefill")
     with torch.no_grad():
-        la, lb = (policy.model(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
-                               pixel_values=x["pixel_values"],
-                               future_attention=FutureAttention(spec, x["visual"])).logits for x in (a, b))
+        la, lb = (
+            policy.model(
+                input_ids=x["input_ids"],
+                attention_mask=x["attention_mask"],
+                pixel_values=x["pixel_values"],
+                future_attention=FutureAttention(spec, x["visual"]),
+            ).logits
+            for x in (a, b)
+        )
     prompt = a["visual"].shape[1]
     torch.testing.assert_close(la[:, :prompt], lb[:, :prompt], atol=0, rtol=0)
 
@@ -293,8 +374,11 @@ def test_default_checkpoint_loads_and_acts(name: str) -> None:
     rng = np.random.default_rng(0)
     frame = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.cameras}
     proprio = np.zeros(cfg.proprio_dim) if cfg.proprio_dim else None
-    instruction = "pick up the black bowl between the plate and the ramekin and place it on the plate" \
-        if cfg.env_family == "libero" else "go to the red ball"
+    instruction = (
+        "pick up the black bowl between the plate and the ramekin and place it on the plate"
+        if cfg.env_family == "libero"
+        else "go to the red ball"
+    )
     for label in ("causal", "Mf+merge"):
         result = policy.predict([Observation([frame], instruction, proprio)], FutureMaskSpec.parse(label))[0]
         if cfg.env_family == "libero":

@@ -25,13 +25,33 @@ QWEN_TOKENS_PER_IMAGE = 4  # grid 1 x 4 x 4 patches merged 2 x 2
 def tiny_llava(seed: int = 0, attn: str = "sdpa") -> LlavaForConditionalGeneration:
     """LLaVA with a CLIP tower and a grouped-query Llama decoder (4 query heads, 2 KV heads)."""
     torch.manual_seed(seed)
-    text = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                              image_size=16, patch_size=8, projection_dim=32)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=LLAVA_IMAGE_TOKEN,
-                         vision_feature_layer=-1, vision_feature_select_strategy="default",
-                         attn_implementation=attn)
+    text = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=16,
+        patch_size=8,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=LLAVA_IMAGE_TOKEN,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        attn_implementation=attn,
+    )
     return LlavaForConditionalGeneration(config).eval()
 
 
@@ -53,13 +73,31 @@ def tiny_qwen2_vl(seed: int = 0, attn: str = "sdpa") -> Qwen2VLForConditionalGen
     """Qwen2-VL (M-RoPE, its own vision tower) with a grouped-query Qwen2 decoder."""
     torch.manual_seed(seed)
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=4,
-                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=QWEN_IMAGE_TOKEN, video_token_id=59, vision_start_token_id=QWEN_VISION_START,
-        vision_end_token_id=QWEN_VISION_END, attn_implementation=attn,
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=32,
+            hidden_size=32,
+            num_heads=4,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        ),
+        image_token_id=QWEN_IMAGE_TOKEN,
+        video_token_id=59,
+        vision_start_token_id=QWEN_VISION_START,
+        vision_end_token_id=QWEN_VISION_END,
+        attn_implementation=attn,
     )
     return Qwen2VLForConditionalGeneration(config).eval()
 
@@ -75,5 +113,9 @@ def qwen_inputs(frames: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
     grid = torch.tensor([[1, 4, 4]] * frames)
     input_ids = torch.tensor([ids])
     mm_token_type_ids = (input_ids == QWEN_IMAGE_TOKEN).int()  # 1 marks image tokens, as the processor does
-    return {"input_ids": input_ids, "pixel_values": pixels, "image_grid_thw": grid,
-            "mm_token_type_ids": mm_token_type_ids}
+    return {
+        "input_ids": input_ids,
+        "pixel_values": pixels,
+        "image_grid_thw": grid,
+        "mm_token_type_ids": mm_token_type_ids,
+    }

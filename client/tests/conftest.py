@@ -33,9 +33,25 @@ def server_address(tmp_path_factory) -> Iterator[str]:
     if python is None:
         pytest.skip("no interpreter with fm-agent installed: set FM_AGENT_SERVER_PYTHON")
     ready = tmp_path_factory.mktemp("server") / "ready.json"
-    process = subprocess.Popen([python, "-m", "fm_agent.cli", "serve", "--checkpoint", str(CHECKPOINT),
-                                "--port", "0", "--threads", "1", "--ready-file", str(ready)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "fm_agent.cli",
+            "serve",
+            "--checkpoint",
+            str(CHECKPOINT),
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not ready.exists():

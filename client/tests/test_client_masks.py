@@ -22,12 +22,21 @@ def test_merge_options_are_written_only_when_they_differ_from_the_defaults() -> 
     assert str(FutureMaskSpec.parse("Mf")) == "Mf/prefill"
 
 
-@pytest.mark.parametrize("text, words", [
-    ("Mx", "unknown mask"), ("Mf/half", "unknown decode mode"), ("Mf/full+merge", "takes no /full"),
-    ("Mf+merge(op=sum)", "merge op"), ("Mf+merge(k=0)", "positive integer"), ("Mf+merge(k=two)", "not an integer"),
-    ("Mf+merge(size=3)", "not one of"), ("Mf+merge(k=3,k=4)", "twice"), ("Mf+mrge", "cannot read mask"),
-    ("", "cannot read mask"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("Mx", "unknown mask"),
+        ("Mf/half", "unknown decode mode"),
+        ("Mf/full+merge", "takes no /full"),
+        ("Mf+merge(op=sum)", "merge op"),
+        ("Mf+merge(k=0)", "positive integer"),
+        ("Mf+merge(k=two)", "not an integer"),
+        ("Mf+merge(size=3)", "not one of"),
+        ("Mf+merge(k=3,k=4)", "twice"),
+        ("Mf+mrge", "cannot read mask"),
+        ("", "cannot read mask"),
+    ],
+)
 def test_bad_labels_are_refused_with_the_reason(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         FutureMaskSpec.parse(text)

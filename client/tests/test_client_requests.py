@@ -13,8 +13,10 @@ from fm_agent_client import FutureMaskSpec, act_request, encode_act_request, mas
 
 def test_the_one_copy_encoder_writes_the_same_message_as_protobuf() -> None:
     rng = np.random.default_rng(0)
-    images = {"agentview": rng.integers(0, 255, (24, 32, 3), dtype=np.uint8),
-              "wrist": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)}
+    images = {
+        "agentview": rng.integers(0, 255, (24, 32, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 255, (8, 8, 3), dtype=np.uint8),
+    }
     fast = pb.ActRequest.FromString(encode_act_request("e1", images, [0.5, -1.0]))
     slow = act_request("e1", images, [0.5, -1.0])
     fast.observation.client_time = slow.observation.client_time = 0.0

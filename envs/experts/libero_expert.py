@@ -160,7 +160,7 @@ class LiberoExpert:
         held = self._position(self._object) - eef  # where the object hangs relative to the hand
         shift = np.zeros(3)
         shift[:2] = (self._place_centre - held)[:2] - self._place_hand[:2]
-        for waypoint in self.plan[self._phase:]:
+        for waypoint in self.plan[self._phase :]:
             waypoint.position = waypoint.position + shift
         self._place_hand = self._place_hand + shift
 

@@ -70,8 +70,9 @@ class FutureAttention:
             return visual[:, :length]
         return torch.nn.functional.pad(visual, (0, length - visual.shape[1]), value=False)
 
-    def plan(self, base_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int,
-             device: torch.device) -> AttentionPlan | None:
+    def plan(
+        self, base_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, device: torch.device
+    ) -> AttentionPlan | None:
         """The plan for one forward, or None when no visual query is present (stock path)."""
         key = (q_len, kv_len, batch, str(device))
         if self._plan_key is not None and self._plan_key[0] is base_mask and self._plan_key[1:] == key:
@@ -80,14 +81,15 @@ class FutureAttention:
         self._plan_key, self._plan = (base_mask, *key), plan
         return plan
 
-    def _build_plan(self, base_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int,
-                    device: torch.device) -> AttentionPlan | None:
+    def _build_plan(
+        self, base_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, device: torch.device
+    ) -> AttentionPlan | None:
         if kv_len - q_len >= self.prompt_length and not self.spec.needs_full_recompute:
             return None  # only generated (text) queries: the ordinary cached causal step
         visual_keys = self._visual_for(batch, kv_len, device)
         key_positions = torch.arange(kv_len, device=device)
-        query_positions = key_positions[kv_len - q_len:]
-        visual_queries = visual_keys[:, kv_len - q_len:]
+        query_positions = key_positions[kv_len - q_len :]
+        visual_queries = visual_keys[:, kv_len - q_len :]
         base_allowed = _as_allowed(base_mask, batch, query_positions, key_positions)
         key_valid = base_allowed[:, 0, -1, :]  # the last query sees every real key
         if self.spec.needs_full_recompute and q_len < kv_len and visual_keys[:, : kv_len - q_len].any():
@@ -96,8 +98,9 @@ class FutureAttention:
                 "keys/values go stale: decode without a cache (generate(..., use_cache=False)) or use "
                 "fm_agent.attention.generate_with_mask, which does this for you."
             )
-        future = future_extension(self.spec, visual_queries, visual_keys, query_positions, key_positions,
-                                  key_valid, self.prompt_length)
+        future = future_extension(
+            self.spec, visual_queries, visual_keys, query_positions, key_positions, key_valid, self.prompt_length
+        )
         if not future.any():
             return None
         if self.spec.merge is None:
@@ -110,8 +113,9 @@ class FutureAttention:
         return AttentionPlan(allowed=None, merge=layout, sink_keys=sink_keys)
 
 
-def _as_allowed(base_mask: torch.Tensor | None, batch: int, query_positions: torch.Tensor,
-                key_positions: torch.Tensor) -> torch.Tensor:
+def _as_allowed(
+    base_mask: torch.Tensor | None, batch: int, query_positions: torch.Tensor, key_positions: torch.Tensor
+) -> torch.Tensor:
     """transformers' mask (None = plain causal, bool, or additive float) as (B, 1, Q, K) bool."""
     if base_mask is None:
         causal = key_positions[None, :] <= query_positions[:, None]

@@ -40,48 +40,69 @@ def future_attention_for(model: torch.nn.Module, input_ids: torch.Tensor, spec: 
 
 
 @torch.no_grad()
-def generate_with_mask(model: torch.nn.Module, spec: FutureMaskSpec, input_ids: torch.Tensor,
-                       visual: torch.Tensor | None = None, **generate_kwargs: Any) -> Any:
+def generate_with_mask(
+    model: torch.nn.Module,
+    spec: FutureMaskSpec,
+    input_ids: torch.Tensor,
+    visual: torch.Tensor | None = None,
+    **generate_kwargs: Any,
+) -> Any:
     """``model.generate`` under ``spec``; ``full`` decode mode turns the cache off, as it must."""
     context = FutureAttention(spec, visual if visual is not None else visual_token_mask(model.config, input_ids))
     if spec.needs_full_recompute:
         if any(name in generate_kwargs for name in PER_TOKEN_INPUTS):
             raise ValueError(
                 "generate() does not grow per-token inputs (mm_token_type_ids) without a cache, so decode_mode='full' "
-                "cannot run through it for this model; use fm_agent.attention.decode_n_tokens instead")
+                "cannot run through it for this model; use fm_agent.attention.decode_n_tokens instead"
+            )
         generate_kwargs["use_cache"] = False
     with use_future_attention(context):
         return model.generate(input_ids=input_ids, **generate_kwargs)
 
 
 @torch.no_grad()
-def prefill(model: torch.nn.Module, context: FutureAttention, input_ids: torch.Tensor,
-            **model_inputs: Any) -> tuple[torch.Tensor, DynamicCache | None]:
+def prefill(
+    model: torch.nn.Module, context: FutureAttention, input_ids: torch.Tensor, **model_inputs: Any
+) -> tuple[torch.Tensor, DynamicCache | None]:
     """Run the prompt once. Returns last-position logits (B, V) and the cache (None in ``full`` mode)."""
     use_cache = not context.spec.needs_full_recompute
     cache = DynamicCache(config=model.config.get_text_config()) if use_cache else None
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=use_cache,
-                future_attention=context, **model_inputs)
+    out = model(
+        input_ids=input_ids, past_key_values=cache, use_cache=use_cache, future_attention=context, **model_inputs
+    )
     return out.logits[:, -1], cache
 
 
 @torch.no_grad()
-def decode_one_token(model: torch.nn.Module, context: FutureAttention, sequence: torch.Tensor,
-                     cache: DynamicCache | None, attention_mask: torch.Tensor | None = None,
-                     **model_inputs: Any) -> torch.Tensor:
+def decode_one_token(
+    model: torch.nn.Module,
+    context: FutureAttention,
+    sequence: torch.Tensor,
+    cache: DynamicCache | None,
+    attention_mask: torch.Tensor | None = None,
+    **model_inputs: Any,
+) -> torch.Tensor:
     """Logits (B, V) for the token after ``sequence`` (B, L).
 
     With a cache only the last token is fed; in ``full`` mode the whole sequence is recomputed
     (pixel inputs included), which is what makes unmerged future-aware decoding expensive.
     """
     if cache is not None:
-        out = model(input_ids=sequence[:, -1:], past_key_values=cache, use_cache=True,
-                    attention_mask=attention_mask, future_attention=context)
+        out = model(
+            input_ids=sequence[:, -1:],
+            past_key_values=cache,
+            use_cache=True,
+            attention_mask=attention_mask,
+            future_attention=context,
+        )
     else:
-        grown = {name: _grow(value, sequence.shape[1]) if name in PER_TOKEN_INPUTS else value
-                 for name, value in model_inputs.items()}
-        out = model(input_ids=sequence, use_cache=False, attention_mask=attention_mask,
-                    future_attention=context, **grown)
+        grown = {
+            name: _grow(value, sequence.shape[1]) if name in PER_TOKEN_INPUTS else value
+            for name, value in model_inputs.items()
+        }
+        out = model(
+            input_ids=sequence, use_cache=False, attention_mask=attention_mask, future_attention=context, **grown
+        )
     return out.logits[:, -1]
 
 
@@ -91,9 +112,15 @@ def _grow(per_token: torch.Tensor, length: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_n_tokens(model: torch.nn.Module, spec: FutureMaskSpec, input_ids: torch.Tensor, max_new_tokens: int,
-                    visual: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                    **model_inputs: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def decode_n_tokens(
+    model: torch.nn.Module,
+    spec: FutureMaskSpec,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    visual: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    **model_inputs: Any,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Greedy decoding spelled out. Returns the new tokens (B, N) and each step's logits [(B, V)] * N."""
     context = FutureAttention(spec, visual if visual is not None else visual_token_mask(model.config, input_ids))
     logits, cache = prefill(model, context, input_ids, attention_mask=attention_mask, **model_inputs)

@@ -34,7 +34,9 @@ def _context(module: nn.Module, kwargs: dict) -> FutureAttention | None:
     return context
 
 
-def _plan(context: FutureAttention | None, attention_mask, query: torch.Tensor, key: torch.Tensor) -> AttentionPlan | None:
+def _plan(
+    context: FutureAttention | None, attention_mask, query: torch.Tensor, key: torch.Tensor
+) -> AttentionPlan | None:
     if context is None:
         return None
     return context.plan(attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device)
@@ -59,8 +61,9 @@ def pooled_sink_bias(query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan
     return merge_future_scores(scores.view(batch, heads, rows, -1), layout)
 
 
-def fold_sink_bias(query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan,
-                   scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_sink_bias(
+    query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Append the merge channels: returns (B, H, Q, D + slots) queries and (B, Hkv, K, D + slots) keys."""
     bias = pooled_sink_bias(query, key, plan, scaling) / scaling  # (B, H, R, slots)
     slots = bias.shape[-1]
@@ -85,18 +88,21 @@ def future_sdpa_attention(
     context = _context(module, kwargs)
     plan = _plan(context, attention_mask, query, key)
     if plan is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     if plan.merge is None:
-        return sdpa_attention_forward(module, query, key, value, plan.allowed, dropout=dropout,
-                                      scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, plan.allowed, dropout=dropout, scaling=scaling, **kwargs
+        )
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     head_dim = value.shape[-1]
     query, key = fold_sink_bias(query, key, plan, scaling)
     # SDPA's fused CPU/GPU kernels need equal q/k/v widths; zero value channels cost almost nothing.
     value = torch.nn.functional.pad(value, (0, query.shape[-1] - head_dim))
-    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                       scaling=scaling, **kwargs)
+    output, _ = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
     return output[..., :head_dim], None
 
 
@@ -122,7 +128,8 @@ def future_eager_attention(
     if mask is not None:
         if mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=logits.dtype, device=logits.device).masked_fill(
-                ~mask, torch.finfo(logits.dtype).min)
+                ~mask, torch.finfo(logits.dtype).min
+            )
         logits = logits + mask[:, :, :, : key.shape[-2]]
     if plan is not None and plan.merge is not None:
         bias = pooled_sink_bias(query, key, plan, scaling)  # (B, H, R, slots)

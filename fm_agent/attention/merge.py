@@ -85,8 +85,18 @@ class MergeLayout:
         window_count.scatter_add_(-1, window, admitted.float())
         slot_windows = torch.zeros(*admitted.shape[:2], p + 1, device=rank.device)
         slot_windows.scatter_add_(-1, window_slot, torch.ones_like(window_slot, dtype=torch.float))
-        return cls(options, rows, row_valid, admitted, None, None, window, window_slot, window_count[..., :max_windows],
-                   slot_windows[..., :p])
+        return cls(
+            options,
+            rows,
+            row_valid,
+            admitted,
+            None,
+            None,
+            window,
+            window_slot,
+            window_count[..., :max_windows],
+            slot_windows[..., :p],
+        )
 
 
 def merge_future_scores(scores: torch.Tensor, layout: MergeLayout) -> torch.Tensor:
@@ -120,8 +130,9 @@ def merge_future_scores(scores: torch.Tensor, layout: MergeLayout) -> torch.Tens
 ROW_BLOCK = 128
 
 
-def max_future_scores(visual_queries: torch.Tensor, keys: torch.Tensor, layout: MergeLayout,
-                      scaling: float, query_offset: int) -> torch.Tensor:
+def max_future_scores(
+    visual_queries: torch.Tensor, keys: torch.Tensor, layout: MergeLayout, scaling: float, query_offset: int
+) -> torch.Tensor:
     """The default merge (op max, one slot) without materialising masked copies of the scores.
 
     visual_queries: (B, H, R, D) fp32; keys: (B, H, K, D) fp32 (query heads, GQA already expanded).
@@ -138,7 +149,11 @@ def max_future_scores(visual_queries: torch.Tensor, keys: torch.Tensor, layout: 
             first_key = query_offset + int(layout.rows[b, r0]) + 1  # rows are sorted by position
             if first_key >= keys.shape[2]:
                 break
-            scores = torch.baddbmm(layout.additive[b, None, r0:r1, first_key:], visual_queries[b, :, r0:r1],
-                                   keys_t[:, :, first_key:], alpha=scaling)
+            scores = torch.baddbmm(
+                layout.additive[b, None, r0:r1, first_key:],
+                visual_queries[b, :, r0:r1],
+                keys_t[:, :, first_key:],
+                alpha=scaling,
+            )
             out[b, :, r0:r1, 0] = scores.amax(-1)
     return torch.where(torch.isfinite(out), out, torch.zeros_like(out))

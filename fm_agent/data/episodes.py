@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
+from envs.recording import read_episode
 
 
 @dataclass
@@ -20,20 +22,26 @@ class EpisodeArrays:
 
 def load_episodes(folder: Path, cameras: Sequence[str], limit: int | None = None) -> list[EpisodeArrays]:
     """Every episode file under ``folder`` (sorted, so splits are reproducible)."""
-    from envs.recording import read_episode
-
     files = sorted(Path(folder).rglob("episode_*.h5"))[:limit]
     if not files:
-        raise FileNotFoundError(f"no episode_*.h5 files under {folder}: record demonstrations first "
-                                "(launch/record_demos.py)")
+        raise FileNotFoundError(
+            f"no episode_*.h5 files under {folder}: record demonstrations first (launch/record_demos.py)"
+        )
     episodes = []
     for path in files:
         e = read_episode(path)
         missing = [c for c in cameras if c not in e.observations]
         if missing:
             raise ValueError(f"{path} lacks cameras {missing}; it has {sorted(e.observations)}")
-        episodes.append(EpisodeArrays(e.instruction, {c: e.observations[c] for c in cameras},
-                                      e.observations.get("proprio"), e.actions, e.metadata))
+        episodes.append(
+            EpisodeArrays(
+                e.instruction,
+                {c: e.observations[c] for c in cameras},
+                e.observations.get("proprio"),
+                e.actions,
+                e.metadata,
+            )
+        )
     return episodes
 
 

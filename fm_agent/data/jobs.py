@@ -40,17 +40,33 @@ def run_record(config: RecordConfig, command: str = "") -> int:
     else:
         names = list(config.envs or ())
         _checked(names)
-    settings = RecordSettings(out=config.out, only_success=not config.keep_failures, save=config.save,
-                              image_size=config.image_size, render=config.render, base_seed=config.seed,
-                              action_noise=config.action_noise)
-    summary = record(names, config.episodes, settings, workers=config.workers, chunk=config.chunk,
-                     progress=lambda it, total: tqdm(total=total, desc="episodes", unit="ep"),
-                     indices=config.state_indices())
+    settings = RecordSettings(
+        out=config.out,
+        only_success=not config.keep_failures,
+        save=config.save,
+        image_size=config.image_size,
+        render=config.render,
+        base_seed=config.seed,
+        action_noise=config.action_noise,
+    )
+    summary = record(
+        names,
+        config.episodes,
+        settings,
+        workers=config.workers,
+        chunk=config.chunk,
+        progress=lambda it, total: tqdm(total=total, desc="episodes", unit="ep"),
+        indices=config.state_indices(),
+    )
     for name, stats in summary["environments"].items():
-        print(f"{name:48s} {stats['successes']:4d}/{stats['episodes']:<4d} {100 * stats['success_rate']:5.1f}%"
-              + (f"  ({stats['errors']} errors)" if stats["errors"] else ""))
-    print(f"overall {100 * summary['success_rate']:.1f}% over {summary['episodes']} episodes; "
-          f"summary in {config.out / 'summary.json'}")
+        print(
+            f"{name:48s} {stats['successes']:4d}/{stats['episodes']:<4d} {100 * stats['success_rate']:5.1f}%"
+            + (f"  ({stats['errors']} errors)" if stats["errors"] else "")
+        )
+    print(
+        f"overall {100 * summary['success_rate']:.1f}% over {summary['episodes']} episodes; "
+        f"summary in {config.out / 'summary.json'}"
+    )
     episodes = summary["episodes"]
     errors = sum(stats["errors"] for stats in summary["environments"].values())
     return 1 if episodes and errors == episodes else 0
@@ -73,7 +89,19 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
     make_actor = functools.partial(load_actor, config.checkpoint, config.temperature, None, config.threads)
     expert_options = {"keep_opened_doors": True} if config.keep_opened_doors else None
     with tqdm(total=config.episodes, desc="dagger", unit="ep") as bar:
-        stats = collect(env, make_actor, config.out, config.episodes, config.seed, config.beta, max_steps, bar,
-                        expert_options, init_states, config.workers, env_options)
+        stats = collect(
+            env,
+            make_actor,
+            config.out,
+            config.episodes,
+            config.seed,
+            config.beta,
+            max_steps,
+            bar,
+            expert_options,
+            init_states,
+            config.workers,
+            env_options,
+        )
     print(json.dumps({"env": env, **stats}))
     return 0

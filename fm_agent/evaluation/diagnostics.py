@@ -32,8 +32,13 @@ from .config import DoorErrorsConfig
 from .inprocess import InProcessActor
 from .rollout import Actor
 
-KINDS = ("target_opened", "wrong_opened_target_visible", "wrong_opened_target_seen_recently",
-         "wrong_opened_target_unseen", "closed_a_door")
+KINDS = (
+    "target_opened",
+    "wrong_opened_target_visible",
+    "wrong_opened_target_seen_recently",
+    "wrong_opened_target_unseen",
+    "closed_a_door",
+)
 
 
 def classify_episode(env, actor: Actor, seed: int, max_steps: int, history: int) -> tuple[Counter, bool]:
@@ -70,22 +75,30 @@ def run_door_errors(config: DoorErrorsConfig, command: str = "") -> int:
     torch.set_num_threads(config.threads)
     policy = VLAPolicy.from_pretrained(config.checkpoint)
     env = make_env(config.env, image_size=policy.config.image_size)
-    report: dict = {"command": command, "checkpoint": str(config.checkpoint), "env": config.env,
-                    "seeds": [config.seed, config.seed + config.episodes - 1], "masks": {}}
+    report: dict = {
+        "command": command,
+        "checkpoint": str(config.checkpoint),
+        "env": config.env,
+        "seeds": [config.seed, config.seed + config.episodes - 1],
+        "masks": {},
+    }
     try:
         for label in config.masks:
             actor = InProcessActor(policy, FutureMaskSpec.parse(label), config.temperature)
             total: Counter = Counter()
             wins = 0
             for i in tqdm(range(config.episodes), desc=label, unit="ep"):
-                counts, success = classify_episode(env, actor, config.seed + i, config.max_steps,
-                                                   policy.config.history)
+                counts, success = classify_episode(env, actor, config.seed + i, config.max_steps, policy.config.history)
                 total.update(counts)
                 wins += success
-            report["masks"][label] = {"successes": wins, "episodes": config.episodes,
-                                      "toggles": {k: total[k] for k in KINDS}}
-            print(f"{label:12s} success {wins}/{config.episodes}; toggles: "
-                  + ", ".join(f"{k} {total[k]}" for k in KINDS))
+            report["masks"][label] = {
+                "successes": wins,
+                "episodes": config.episodes,
+                "toggles": {k: total[k] for k in KINDS},
+            }
+            print(
+                f"{label:12s} success {wins}/{config.episodes}; toggles: " + ", ".join(f"{k} {total[k]}" for k in KINDS)
+            )
     finally:
         env.close()
     config.out.mkdir(parents=True, exist_ok=True)

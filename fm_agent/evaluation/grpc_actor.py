@@ -21,8 +21,9 @@ class GrpcActor:
         self.episode_id: str | None = None
 
     def start_episode(self, instruction: str, seed: int = 0) -> None:
-        self.episode_id = self.client.start_episode(instruction, mask=self.spec, seed=seed,
-                                                    temperature=self.temperature)
+        self.episode_id = self.client.start_episode(
+            instruction, mask=self.spec, seed=seed, temperature=self.temperature
+        )
 
     def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
         images = {c: observation[c] for c in self.cameras}

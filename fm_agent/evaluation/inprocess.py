@@ -42,8 +42,9 @@ class InProcessActor:
         self.frames.clear()
 
 
-def load_actor(checkpoint: str | Path, temperature: float | None = None, mask: str | None = None,
-               threads: int = 1) -> InProcessActor:
+def load_actor(
+    checkpoint: str | Path, temperature: float | None = None, mask: str | None = None, threads: int = 1
+) -> InProcessActor:
     """An in-process actor for a checkpoint folder, under its default mask unless ``mask`` is given.
     Module-level, so ``functools.partial(load_actor, folder)`` can travel to worker processes that
     build their own (DAgger collection)."""

@@ -40,8 +40,10 @@ def warn_unknown_words(checkpoint: Path | None, instructions: list[str]) -> list
         return []
     unknown = unknown_words(tokenizer, instructions)
     if unknown:
-        print(f"warning: {len(unknown)} instruction word(s) are outside {checkpoint}'s vocabulary and reach the "
-              f"model as <unk>: {', '.join(unknown[:12])}{' ...' if len(unknown) > 12 else ''}")
+        print(
+            f"warning: {len(unknown)} instruction word(s) are outside {checkpoint}'s vocabulary and reach the "
+            f"model as <unk>: {', '.join(unknown[:12])}{' ...' if len(unknown) > 12 else ''}"
+        )
     return unknown
 
 
@@ -72,11 +74,21 @@ def run_libero_eval(config: LiberoEvalConfig, command: str = "") -> int:
     image_size = config.image_size or _checkpoint_image_size(config) or 128
     out = config.out or Path("runs/libero_eval")
     # episode-major, masks innermost: an interrupted sweep still compares every mask on the same episodes
-    jobs = [EpisodeJob(mask, f"libero:{config.suite}/{t}", i, config.seed + i, s)
-            for i, s in enumerate(states) for t in tasks for mask in config.masks]
-    summary = evaluate(jobs, config, out, {"image_size": image_size, "render": config.render}, "agentview",
-                       ("init_state",), {"suite": config.suite, "tasks": tasks, "init_states": states,
-                                         "command": command})
+    jobs = [
+        EpisodeJob(mask, f"libero:{config.suite}/{t}", i, config.seed + i, s)
+        for i, s in enumerate(states)
+        for t in tasks
+        for mask in config.masks
+    ]
+    summary = evaluate(
+        jobs,
+        config,
+        out,
+        {"image_size": image_size, "render": config.render},
+        "agentview",
+        ("init_state",),
+        {"suite": config.suite, "tasks": tasks, "init_states": states, "command": command},
+    )
     print_summary(summary)
     print(f"wrote {out / 'summary.json'}, {out / 'summary.png'} and {out / 'episodes.jsonl'}")
     return _exit_code(summary)
@@ -100,11 +112,21 @@ def run_babyai_eval(config: BabyAIEvalConfig, command: str = "") -> int:
         except EnvNameError as error:
             raise ConfigError(f"--levels: {error}") from None
     out = config.out or Path("runs/alfred_eval")
-    jobs = [EpisodeJob(mask, f"babyai:{level}", i, config.seed + i, None)
-            for i in range(config.episodes) for level in levels for mask in config.masks]
-    summary = evaluate(jobs, config, out, {"image_size": config.image_size}, "image",
-                       ("has_location_phrase", "num_subgoals", "sequence"),
-                       {"levels": levels, "episodes": config.episodes, "command": command})
+    jobs = [
+        EpisodeJob(mask, f"babyai:{level}", i, config.seed + i, None)
+        for i in range(config.episodes)
+        for level in levels
+        for mask in config.masks
+    ]
+    summary = evaluate(
+        jobs,
+        config,
+        out,
+        {"image_size": config.image_size},
+        "image",
+        ("has_location_phrase", "num_subgoals", "sequence"),
+        {"levels": levels, "episodes": config.episodes, "command": command},
+    )
     print_summary(summary)
     print(f"wrote {out / 'summary.json'}, {out / 'summary.png'} and {out / 'episodes.jsonl'}")
     return _exit_code(summary)
@@ -152,10 +174,12 @@ def run_local_eval(config: LocalEvalConfig, command: str = "") -> int:
             for r in results:
                 f.write(json.dumps(asdict(r)) + "\n")
         o = summary["overall"]
-        print(f"{label:14s} success {o['successes']}/{o['episodes']} = {100 * o['success_rate']:.1f}% "
-              f"(95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f}); steps to success p50 "
-              f"{o['steps_to_success'].get('p50', float('nan')):.0f}; policy p50 "
-              f"{summary['latency_ms']['policy_round_trip'].get('p50', float('nan')):.1f} ms" + format_within(o))
+        print(
+            f"{label:14s} success {o['successes']}/{o['episodes']} = {100 * o['success_rate']:.1f}% "
+            f"(95% CI {100 * o['ci95'][0]:.1f}-{100 * o['ci95'][1]:.1f}); steps to success p50 "
+            f"{o['steps_to_success'].get('p50', float('nan')):.0f}; policy p50 "
+            f"{summary['latency_ms']['policy_round_trip'].get('p50', float('nan')):.1f} ms" + format_within(o)
+        )
     (config.out / "summary.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {config.out / 'summary.json'}")
     return 0

@@ -57,8 +57,9 @@ class EpisodeResult:
     error: str | None = None
 
 
-def run_episode(env, actor: Actor, env_name: str, episode: int, seed: int, options: dict | None = None,
-                max_steps: int | None = None) -> EpisodeResult:
+def run_episode(
+    env, actor: Actor, env_name: str, episode: int, seed: int, options: dict | None = None, max_steps: int | None = None
+) -> EpisodeResult:
     obs, info = env.reset(seed=seed, options=options)
     actor.start_episode(info["instruction"], seed)
     result = EpisodeResult(env_name, episode, seed, False, 0)
@@ -86,7 +87,9 @@ def run_episode(env, actor: Actor, env_name: str, episode: int, seed: int, optio
                 if done:
                     break
         result.success = bool(info.get("success", False))
-        result.metadata = {k: info[k] for k in ("has_location_phrase", "num_subgoals", "sequence", "init_state") if k in info}
+        result.metadata = {
+            k: info[k] for k in ("has_location_phrase", "num_subgoals", "sequence", "init_state") if k in info
+        }
     finally:
         actor.end_episode()
     return result
@@ -106,36 +109,55 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     if not values:
         return {}
     array = np.asarray(values)
-    return {"mean": float(array.mean()), "p50": float(np.percentile(array, 50)),
-            "p95": float(np.percentile(array, 95)), "p99": float(np.percentile(array, 99))}
+    return {
+        "mean": float(array.mean()),
+        "p50": float(np.percentile(array, 50)),
+        "p95": float(np.percentile(array, 95)),
+        "p99": float(np.percentile(array, 99)),
+    }
 
 
-def summarise(results: Sequence[EpisodeResult], split_keys: Sequence[str] = (),
-              within: Sequence[int] = ()) -> dict[str, Any]:
+def summarise(
+    results: Sequence[EpisodeResult], split_keys: Sequence[str] = (), within: Sequence[int] = ()
+) -> dict[str, Any]:
     """Success (with a 95% interval) overall, per environment and per metadata value; latency percentiles.
 
     ``within``: step budgets under which successes are also counted, read off the same episodes (an
     episode that succeeded by step n would have succeeded under a cap of n), so one run under the
     level's own budget also answers for tighter ones.
     """
+
     def block(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
         wins = sum(r.success for r in rs)
         low, high = wilson_interval(wins, len(rs))
         # A success rate alone hides how long a policy wanders before it gets there: with a generous
         # step budget a dithering policy and an efficient one can score alike.
-        return {"episodes": len(rs), "successes": wins, "success_rate": wins / max(1, len(rs)), "ci95": [low, high],
-                "steps_to_success": percentiles([r.steps for r in rs if r.success]),
-                **({"successes_within": {str(n): sum(r.success and r.steps <= n for r in rs) for n in within}}
-                   if within else {})}
+        return {
+            "episodes": len(rs),
+            "successes": wins,
+            "success_rate": wins / max(1, len(rs)),
+            "ci95": [low, high],
+            "steps_to_success": percentiles([r.steps for r in rs if r.success]),
+            **(
+                {"successes_within": {str(n): sum(r.success and r.steps <= n for r in rs) for n in within}}
+                if within
+                else {}
+            ),
+        }
 
     ok = [r for r in results if r.error is None]
-    summary = {"overall": block(ok), "errors": len(results) - len(ok),
-               "per_env": {e: block([r for r in ok if r.env == e]) for e in sorted({r.env for r in ok})}}
+    summary = {
+        "overall": block(ok),
+        "errors": len(results) - len(ok),
+        "per_env": {e: block([r for r in ok if r.env == e]) for e in sorted({r.env for r in ok})},
+    }
     for key in split_keys:
         values = sorted({r.metadata.get(key) for r in ok}, key=str)
         summary[f"by_{key}"] = {str(v): block([r for r in ok if r.metadata.get(key) == v]) for v in values}
-    summary["latency_ms"] = {"policy_round_trip": percentiles([x for r in ok for x in r.policy_ms]),
-                             "env_step": percentiles([x for r in ok for x in r.env_ms])}
+    summary["latency_ms"] = {
+        "policy_round_trip": percentiles([x for r in ok for x in r.policy_ms]),
+        "env_step": percentiles([x for r in ok for x in r.env_ms]),
+    }
     for key in sorted({k for r in ok for k in r.server_ms}):
         summary["latency_ms"][key] = percentiles([x for r in ok for x in r.server_ms.get(key, [])])
     return summary

@@ -34,15 +34,29 @@ class ActionTokenizer:
             raise ValueError(f"continuous actions need low/high statistics for each of {self.dims} dims")
 
     @classmethod
-    def fit(cls, actions: np.ndarray, bins: int = 256, chunk: int = 1, clip: tuple[float, float] = (-1.0, 1.0),
-            quantile: float = 0.01) -> ActionTokenizer:
+    def fit(
+        cls,
+        actions: np.ndarray,
+        bins: int = 256,
+        chunk: int = 1,
+        clip: tuple[float, float] = (-1.0, 1.0),
+        quantile: float = 0.01,
+    ) -> ActionTokenizer:
         """Statistics from training actions (N, D)."""
         actions = np.asarray(actions, dtype=np.float64)
         low, high = np.quantile(actions, quantile, axis=0), np.quantile(actions, 1 - quantile, axis=0)
         high = np.where(high - low < 1e-6, low + 1e-6, high)  # constant dimensions still get a valid range
         dims = actions.shape[1]
-        return cls("continuous", dims, bins, chunk=chunk, low=low.tolist(), high=high.tolist(),
-                   clip_low=[clip[0]] * dims, clip_high=[clip[1]] * dims)
+        return cls(
+            "continuous",
+            dims,
+            bins,
+            chunk=chunk,
+            low=low.tolist(),
+            high=high.tolist(),
+            clip_low=[clip[0]] * dims,
+            clip_high=[clip[1]] * dims,
+        )
 
     @classmethod
     def discrete(cls, num_actions: int, chunk: int = 1) -> ActionTokenizer:

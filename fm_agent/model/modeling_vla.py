@@ -99,25 +99,45 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    pixels = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
-                                             align_corners=False)
+    pixels = torch.nn.functional.interpolate(
+        pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return pixels[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def build_backbone(config: VLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int,
-                   seed: int = 0) -> LlavaForConditionalGeneration:
+def build_backbone(
+    config: VLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int, seed: int = 0
+) -> LlavaForConditionalGeneration:
     shape = config.backbone
     prompt_tokens = 16 + config.history * (1 + len(config.cameras) * config.tokens_per_image) + 64
-    vision = SiglipVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=4 * shape.vision_hidden,
-                                num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
-                                image_size=config.image_size, patch_size=shape.patch_size)
-    text = LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                       num_key_value_heads=shape.kv_heads, max_position_embeddings=max(512, 2 * prompt_tokens),
-                       pad_token_id=pad_token_id, tie_word_embeddings=True)
-    llava = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                        vision_feature_layer=-1, vision_feature_select_strategy="full",
-                        projector_hidden_act="gelu", attn_implementation="sdpa")
+    vision = SiglipVisionConfig(
+        hidden_size=shape.vision_hidden,
+        intermediate_size=4 * shape.vision_hidden,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        image_size=config.image_size,
+        patch_size=shape.patch_size,
+    )
+    text = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=max(512, 2 * prompt_tokens),
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=True,
+    )
+    llava = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        projector_hidden_act="gelu",
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(llava)
 
@@ -150,8 +170,9 @@ class VLAPolicy:
         tokenizer = build_tokenizer(instructions, actions.bins, config.proprio_bins)
         actions.offset = tokenizer.convert_tokens_to_ids("<a0>")
         config.action_tokenizer = actions.to_dict()
-        model = build_backbone(config, len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE),
-                               tokenizer.pad_token_id, seed)
+        model = build_backbone(
+            config, len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE), tokenizer.pad_token_id, seed
+        )
         return cls(model, tokenizer, config)
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -175,7 +196,7 @@ class VLAPolicy:
     def _history(self, frames: Sequence[Frame]) -> list[Frame]:
         if not frames:
             raise ValueError("an observation needs at least one frame")
-        frames = list(frames)[-self.config.history:]
+        frames = list(frames)[-self.config.history :]
         return [frames[0]] * (self.config.history - len(frames)) + frames
 
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
@@ -229,9 +250,12 @@ class VLAPolicy:
 
     def prepare(self, observation: Observation) -> PreparedObservation:
         """Validate one observation and build its model inputs; raises ValueError saying what is wrong."""
-        return PreparedObservation(self.prompt_ids(observation.instruction, observation.proprio),
-                                   self.pixel_values(observation.frames), observation.temperature,
-                                   observation.generator)
+        return PreparedObservation(
+            self.prompt_ids(observation.instruction, observation.proprio),
+            self.pixel_values(observation.frames),
+            observation.temperature,
+            observation.generator,
+        )
 
     def encode(self, observations: Sequence[Observation | PreparedObservation]) -> dict[str, torch.Tensor]:
         """A left-padded batch: input_ids, attention_mask (B, L) and pixel_values (B * n_images, 3, S, S)."""
@@ -257,8 +281,9 @@ class VLAPolicy:
         return results
 
     @torch.no_grad()
-    def predict_prepared(self, observations: Sequence[PreparedObservation],
-                         spec: FutureMaskSpec | None = None) -> list[ActionResult]:
+    def predict_prepared(
+        self, observations: Sequence[PreparedObservation], spec: FutureMaskSpec | None = None
+    ) -> list[ActionResult]:
         """``predict`` for observations that ``prepare`` has checked already."""
         spec = spec or FutureMaskSpec.parse(self.config.default_mask)
         start = time.perf_counter()
@@ -269,8 +294,9 @@ class VLAPolicy:
         model_inputs = {"pixel_values": inputs["pixel_values"]}
         if self.parallel:
             return self._predict_parallel(observations, inputs, context, start, t_pre)
-        logits, cache = prefill(self.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                **model_inputs)
+        logits, cache = prefill(
+            self.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"], **model_inputs
+        )
         t_prefill = time.perf_counter()
         lo, hi = self.actions.token_range()
         sequence, mask, chosen = inputs["input_ids"], inputs["attention_mask"], []
@@ -284,25 +310,46 @@ class VLAPolicy:
             logits = decode_one_token(self.model, context, sequence, cache, mask, **model_inputs)
         end = time.perf_counter()
         tokens = torch.cat(chosen, dim=-1).numpy()
-        timings = {"preprocess_ms": (t_pre - start) * 1e3, "prefill_ms": (t_prefill - t_pre) * 1e3,
-                   "decode_ms": (end - t_prefill) * 1e3, "total_ms": (end - start) * 1e3}
+        timings = {
+            "preprocess_ms": (t_pre - start) * 1e3,
+            "prefill_ms": (t_prefill - t_pre) * 1e3,
+            "decode_ms": (end - t_prefill) * 1e3,
+            "total_ms": (end - start) * 1e3,
+        }
         return self._results(tokens, timings)
 
-    def _predict_parallel(self, observations: Sequence[PreparedObservation], inputs: dict[str, torch.Tensor],
-                          context: FutureAttention, start: float, t_pre: float) -> list[ActionResult]:
+    def _predict_parallel(
+        self,
+        observations: Sequence[PreparedObservation],
+        inputs: dict[str, torch.Tensor],
+        context: FutureAttention,
+        start: float,
+        t_pre: float,
+    ) -> list[ActionResult]:
         """One forward over prompt + placeholders; action token j is read off placeholder j."""
         n = self.actions.tokens_per_call
-        out = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                         pixel_values=inputs["pixel_values"], use_cache=False, future_attention=context,
-                         logits_to_keep=n)
+        out = self.model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"],
+            use_cache=False,
+            future_attention=context,
+            logits_to_keep=n,
+        )
         t_forward = time.perf_counter()
         lo, hi = self.actions.token_range()
         logits = out.logits[:, -n:, lo:hi]  # (B, n, actions)
         tokens = torch.cat([self._choose(logits[:, j], observations) for j in range(n)], dim=-1) + lo
         end = time.perf_counter()
-        return self._results(tokens.numpy(), {"preprocess_ms": (t_pre - start) * 1e3,
-                                              "prefill_ms": (t_forward - t_pre) * 1e3,
-                                              "decode_ms": (end - t_forward) * 1e3, "total_ms": (end - start) * 1e3})
+        return self._results(
+            tokens.numpy(),
+            {
+                "preprocess_ms": (t_pre - start) * 1e3,
+                "prefill_ms": (t_forward - t_pre) * 1e3,
+                "decode_ms": (end - t_forward) * 1e3,
+                "total_ms": (end - start) * 1e3,
+            },
+        )
 
     def _results(self, tokens: np.ndarray, timings: dict[str, float]) -> list[ActionResult]:
         shape = (self.actions.chunk, self.actions.dims) if self.actions.kind == "continuous" else (self.actions.chunk,)
@@ -318,9 +365,17 @@ class VLAPolicy:
                 token[row, 0] = torch.multinomial(probs, 1, generator=observation.generator)[0]
         return token
 
-    def predict_action(self, frames: Sequence[Frame], instruction: str, proprio: np.ndarray | None = None,
-                       mask: str = "causal", decode_mode: str = "prefill", merge=None, temperature: float = 0.0,
-                       generator: torch.Generator | None = None) -> ActionResult:
+    def predict_action(
+        self,
+        frames: Sequence[Frame],
+        instruction: str,
+        proprio: np.ndarray | None = None,
+        mask: str = "causal",
+        decode_mode: str = "prefill",
+        merge=None,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> ActionResult:
         """One observation; ``merge`` is a MergeOptions or None."""
         spec = FutureMaskSpec(mask=mask, decode_mode=decode_mode, merge=merge)  # type: ignore[arg-type]
         return self.predict([Observation(frames, instruction, proprio, temperature, generator)], spec)[0]

@@ -23,7 +23,6 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "babyai": Preset(cameras=("image",), image_size=56, history=4, chunk=1, patch=8, proprio=False,
-                     discrete_actions=7),
+    "babyai": Preset(cameras=("image",), image_size=56, history=4, chunk=1, patch=8, proprio=False, discrete_actions=7),
     "libero": Preset(cameras=("agentview", "wrist"), image_size=64, history=2, chunk=4, patch=16, proprio=True),
 }

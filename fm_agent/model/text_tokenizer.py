@@ -37,17 +37,26 @@ def words(text: str) -> list[str]:
 def build_tokenizer(instructions: Iterable[str], action_bins: int, proprio_bins: int) -> PreTrainedTokenizerFast:
     """Vocabulary: specials, proprio bins, action bins (contiguous), then instruction words."""
     vocab: dict[str, int] = {}
-    for token in SPECIAL + [proprio_token(k) for k in range(proprio_bins)] + [action_token(k) for k in range(action_bins)]:
+    for token in (
+        SPECIAL + [proprio_token(k) for k in range(proprio_bins)] + [action_token(k) for k in range(action_bins)]
+    ):
         vocab[token] = len(vocab)
     for text in instructions:
         for word in words(text):
             vocab.setdefault(word, len(vocab))
     model = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     model.normalizer = normalizers.Lowercase()
-    model.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                   pre_tokenizers.Split(Regex(r"[^a-z0-9<>]"), behavior="isolated")])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, pad_token=PAD, bos_token=BOS, eos_token=EOS,
-                                        unk_token=UNK, additional_special_tokens=SPECIAL[4:])
+    model.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(r"[^a-z0-9<>]"), behavior="isolated")]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=model,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=SPECIAL[4:],
+    )
     tokenizer.padding_side = "left"
     return tokenizer
 

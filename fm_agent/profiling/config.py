@@ -12,8 +12,18 @@ from typing import Literal
 from ..jobs import ConfigError, check_masks
 
 # Every mask family in both decode modes, and merged: the grid the latency profile times.
-PROFILE_SPECS: tuple[str, ...] = ("causal", "Mf/prefill", "Mf/full", "Mf+merge", "Mv2v/prefill", "Mv2v/full",
-                                  "Mv2v+merge", "Mv2t/prefill", "Mv2t/full", "Mv2t+merge")
+PROFILE_SPECS: tuple[str, ...] = (
+    "causal",
+    "Mf/prefill",
+    "Mf/full",
+    "Mf+merge",
+    "Mv2v/prefill",
+    "Mv2v/full",
+    "Mv2v+merge",
+    "Mv2t/prefill",
+    "Mv2t/full",
+    "Mv2t+merge",
+)
 PROFILE_PRESETS: dict[str, dict] = {
     "full": dict(contexts=(256, 1024, 2048), dtypes=("float32", "bfloat16"), repetitions=3),
     "quick": dict(contexts=(256, 1024), dtypes=("float32",), repetitions=2, decode_tokens=4, full_decode_tokens=1),

@@ -34,10 +34,16 @@ class DecoderShape:
     vocab: int = 32000
 
     def build(self, dtype: torch.dtype) -> LlamaForCausalLM:
-        config = LlamaConfig(vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
-                             num_hidden_layers=self.layers, num_attention_heads=self.heads,
-                             num_key_value_heads=self.kv_heads, max_position_embeddings=8192,
-                             attn_implementation="sdpa")
+        config = LlamaConfig(
+            vocab_size=self.vocab,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            max_position_embeddings=8192,
+            attn_implementation="sdpa",
+        )
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).to(dtype).eval()
         return enable_future_attention(model)
@@ -73,8 +79,9 @@ def _ms(fn: Callable[[], object]) -> float:
 
 
 @torch.no_grad()
-def measure_once(model: LlamaForCausalLM, spec: FutureMaskSpec, visual: torch.Tensor, decode_tokens: int,
-                 full_decode_tokens: int) -> tuple[float, float, float]:
+def measure_once(
+    model: LlamaForCausalLM, spec: FutureMaskSpec, visual: torch.Tensor, decode_tokens: int, full_decode_tokens: int
+) -> tuple[float, float, float]:
     """One prefill, its decode steps and the mask build; returns (prefill ms, decode ms/token, build ms)."""
     input_ids = torch.randint(3, model.config.vocab_size, (1, visual.shape[0]))
     context = FutureAttention(spec, visual[None]) if not spec.is_causal else None
@@ -112,14 +119,20 @@ def run_profile(settings: ProfileSettings, progress: Callable[[Iterable], Iterab
     """All (dtype, context, spec) samples, repetitions interleaved."""
     torch.set_num_threads(settings.threads)
     samples: dict[tuple[str, int, str], Sample] = {}
-    plan = [(rep, dtype, context, label) for rep in range(settings.repetitions + 1) for dtype in settings.dtypes
-            for context in settings.contexts for label in settings.specs]
+    plan = [
+        (rep, dtype, context, label)
+        for rep in range(settings.repetitions + 1)
+        for dtype in settings.dtypes
+        for context in settings.contexts
+        for label in settings.specs
+    ]
     models = {dtype: settings.shape.build(getattr(torch, dtype)) for dtype in settings.dtypes}
     layouts = {context: vla_layout(context, settings.frame_tokens) for context in settings.contexts}
     for rep, dtype, context, label in progress(plan):
         spec = FutureMaskSpec.parse(label)
-        result = measure_once(models[dtype], spec, layouts[context], settings.decode_tokens,
-                              settings.full_decode_tokens)
+        result = measure_once(
+            models[dtype], spec, layouts[context], settings.decode_tokens, settings.full_decode_tokens
+        )
         if rep == 0:
             continue  # warm-up round: first-touch allocations and kernel selection
         sample = samples.setdefault((dtype, context, label), Sample(dtype, context, label))
@@ -143,10 +156,17 @@ def summarise(samples: list[Sample]) -> list[dict]:
     merged_decode = {(s.dtype, s.context, s.spec.split("+")[0]): s for s in samples if s.spec.endswith("+merge")}
     for s in samples:
         prefill, decode, build = (_quartiles(v) for v in (s.prefill_ms, s.decode_ms_per_token, s.mask_build_ms))
-        row = {"dtype": s.dtype, "context": s.context, "spec": s.spec,
-               "prefill_ms": prefill[1], "prefill_ms_iqr": [prefill[0], prefill[2]],
-               "decode_ms_per_token": decode[1], "decode_ms_per_token_iqr": [decode[0], decode[2]],
-               "mask_build_ms": build[1], "mask_build_fraction_of_prefill": build[1] / prefill[1]}
+        row = {
+            "dtype": s.dtype,
+            "context": s.context,
+            "spec": s.spec,
+            "prefill_ms": prefill[1],
+            "prefill_ms_iqr": [prefill[0], prefill[2]],
+            "decode_ms_per_token": decode[1],
+            "decode_ms_per_token_iqr": [decode[0], decode[2]],
+            "mask_build_ms": build[1],
+            "mask_build_fraction_of_prefill": build[1] / prefill[1],
+        }
         base = baseline.get((s.dtype, s.context))
         if base is not None:
             row["prefill_ratio_to_causal"] = prefill[1] / statistics.median(base.prefill_ms)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def vla_layout(context: int, frame_tokens: int = 64, system_tokens: int = 16, separator_tokens: int = 4,
-               instruction_tokens: int = 24) -> torch.Tensor:
+def vla_layout(
+    context: int,
+    frame_tokens: int = 64,
+    system_tokens: int = 16,
+    separator_tokens: int = 4,
+    instruction_tokens: int = 24,
+) -> torch.Tensor:
     """(context,) bool visual flags: BOS + system text, then frames separated by text, then the instruction.
 
     Frames are added while they fit; the remainder before the instruction is text.

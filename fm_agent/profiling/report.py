@@ -22,22 +22,28 @@ def settings_from(config: ProfileConfig) -> ProfileSettings:
     for name in ("contexts", "dtypes", "repetitions", "decode_tokens", "full_decode_tokens"):
         if getattr(config, name) is not None:
             values[name] = getattr(config, name)
-    shape = DecoderShape(config.hidden, config.layers, config.heads, config.kv_heads, config.intermediate,
-                         config.vocab)
-    return ProfileSettings(specs=tuple(config.specs), frame_tokens=config.frame_tokens, threads=config.threads,
-                           shape=shape, **values)
+    shape = DecoderShape(config.hidden, config.layers, config.heads, config.kv_heads, config.intermediate, config.vocab)
+    return ProfileSettings(
+        specs=tuple(config.specs), frame_tokens=config.frame_tokens, threads=config.threads, shape=shape, **values
+    )
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'dtype':9} {'ctx':>5} {'spec':14} {'prefill ms':>11} {'x causal':>8} {'decode ms/tok':>13} " \
-             f"{'x causal':>8} {'mask build':>10}"
+    header = (
+        f"{'dtype':9} {'ctx':>5} {'spec':14} {'prefill ms':>11} {'x causal':>8} {'decode ms/tok':>13} "
+        f"{'x causal':>8} {'mask build':>10}"
+    )
     lines = [header, "-" * len(header)]
-    for r in sorted(rows, key=lambda r: (r["dtype"], r["context"], DEFAULT_SPECS.index(r["spec"])
-                                         if r["spec"] in DEFAULT_SPECS else 99)):
-        lines.append(f"{r['dtype']:9} {r['context']:>5} {r['spec']:14} {r['prefill_ms']:>11.1f} "
-                     f"{r.get('prefill_ratio_to_causal', float('nan')):>8.2f} {r['decode_ms_per_token']:>13.2f} "
-                     f"{r.get('decode_ratio_to_causal', float('nan')):>8.2f} "
-                     f"{100 * r['mask_build_fraction_of_prefill']:>9.1f}%")
+    for r in sorted(
+        rows,
+        key=lambda r: (r["dtype"], r["context"], DEFAULT_SPECS.index(r["spec"]) if r["spec"] in DEFAULT_SPECS else 99),
+    ):
+        lines.append(
+            f"{r['dtype']:9} {r['context']:>5} {r['spec']:14} {r['prefill_ms']:>11.1f} "
+            f"{r.get('prefill_ratio_to_causal', float('nan')):>8.2f} {r['decode_ms_per_token']:>13.2f} "
+            f"{r.get('decode_ratio_to_causal', float('nan')):>8.2f} "
+            f"{100 * r['mask_build_fraction_of_prefill']:>9.1f}%"
+        )
     return "\n".join(lines)
 
 
@@ -45,15 +51,27 @@ def plot(rows: list[dict], path: Path) -> None:
     dtypes = sorted({r["dtype"] for r in rows})
     fig, axes = plt.subplots(len(dtypes), 2, figsize=(12, 4 * len(dtypes)), squeeze=False)
     for d, dtype in enumerate(dtypes):
-        for c, (metric, title) in enumerate([("prefill_ms", "prefill (ms)"), ("decode_ms_per_token", "decode (ms/token)")]):
+        for c, (metric, title) in enumerate(
+            [("prefill_ms", "prefill (ms)"), ("decode_ms_per_token", "decode (ms/token)")]
+        ):
             ax = axes[d][c]
             for spec in dict.fromkeys(r["spec"] for r in rows):
-                pts = sorted((r["context"], r[metric], *(r[metric + "_iqr"])) for r in rows
-                             if r["dtype"] == dtype and r["spec"] == spec)
+                pts = sorted(
+                    (r["context"], r[metric], *(r[metric + "_iqr"]))
+                    for r in rows
+                    if r["dtype"] == dtype and r["spec"] == spec
+                )
                 xs, ys, lo, hi = zip(*pts)
                 style = "-" if spec == "causal" else ("--" if "merge" in spec else ":")
-                ax.errorbar(xs, ys, yerr=[[y - l for y, l in zip(ys, lo)], [h - y for y, h in zip(ys, hi)]],
-                            label=spec, linestyle=style, marker="o", capsize=2)
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=[[y - l for y, l in zip(ys, lo)], [h - y for y, h in zip(ys, hi)]],
+                    label=spec,
+                    linestyle=style,
+                    marker="o",
+                    capsize=2,
+                )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("context (tokens)")
@@ -71,9 +89,17 @@ def write_profile(config: ProfileConfig, command: str) -> int:
     samples = run_profile(settings, progress=lambda it: tqdm(list(it), desc="profiling", unit="run"))
     rows = summarise(samples)
     config.out.mkdir(parents=True, exist_ok=True)
-    report = {"command": command, "machine": {"platform": platform.platform(),
-              "processor": platform.processor(), "torch": torch.__version__, "threads": settings.threads},
-              "settings": settings_dict(settings), "results": rows}
+    report = {
+        "command": command,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": settings.threads,
+        },
+        "settings": settings_dict(settings),
+        "results": rows,
+    }
     (config.out / "latency.json").write_text(json.dumps(report, indent=2))
     plot(rows, config.out / "latency.png")
     print(format_table(rows))

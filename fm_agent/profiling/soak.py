@@ -55,15 +55,23 @@ def bad_requests(cameras: list[str], proprio_dim: int, episode: str) -> dict[str
         "garbage_bytes": ("Act", b"\xff" * 64),
         "unknown_camera": ("Act", act([pb.Image(camera="top", encoding=pb.Image.PNG, data=_png(8, 8))])),
         "missing_camera": ("Act", act(list(good.values())[:-1])),
-        "png_bomb": ("Act", act([pb.Image(camera=cameras[0], encoding=pb.Image.PNG, data=bomb),
-                                 *list(good.values())[1:]])),
-        "corrupt_png": ("Act", act([pb.Image(camera=cameras[0], encoding=pb.Image.PNG, data=b"\x89PNG garbage"),
-                                    *list(good.values())[1:]])),
+        "png_bomb": (
+            "Act",
+            act([pb.Image(camera=cameras[0], encoding=pb.Image.PNG, data=bomb), *list(good.values())[1:]]),
+        ),
+        "corrupt_png": (
+            "Act",
+            act(
+                [pb.Image(camera=cameras[0], encoding=pb.Image.PNG, data=b"\x89PNG garbage"), *list(good.values())[1:]]
+            ),
+        ),
         "nan_proprio": ("Act", act(list(good.values()), [float("nan")] * max(1, proprio_dim))),
         "unknown_episode": ("Act", act(list(good.values()), episode_id="no-such-episode" * 100)),
         "megabyte_instruction": ("StartEpisode", start(instruction="go " * 350_000)),
-        "huge_merge_slots": ("StartEpisode", start(instruction="pick up the bowl",
-                                                   mask=pb.MaskOptions(mask="Mf", merge=True, merge_slots=2**32 - 1))),
+        "huge_merge_slots": (
+            "StartEpisode",
+            start(instruction="pick up the bowl", mask=pb.MaskOptions(mask="Mf", merge=True, merge_slots=2**32 - 1)),
+        ),
     }
 
     def sender(method: str, payload: bytes) -> Callable[[grpc.Channel], None]:
@@ -83,8 +91,12 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     array = np.asarray(values)
-    return {"p50": float(np.percentile(array, 50)), "p99": float(np.percentile(array, 99)),
-            "max": float(array.max()), "n": len(values)}
+    return {
+        "p50": float(np.percentile(array, 50)),
+        "p99": float(np.percentile(array, 99)),
+        "max": float(array.max()),
+        "n": len(values),
+    }
 
 
 def run_soak(settings: SoakConfig, progress: Callable[[float], None] | None = None) -> dict:
@@ -106,8 +118,10 @@ def _soak(address: str, settings: SoakConfig, pid: int | None, progress) -> dict
     cameras, proprio_dim = [c.name for c in info.cameras], info.proprio_dim
     instruction = "pick up the black bowl and place it on the plate"
     rng = np.random.default_rng(settings.seed)
-    frames = [{c: rng.integers(0, 256, (settings.image_size, settings.image_size, 3), dtype=np.uint8)
-               for c in cameras} for _ in range(8)]
+    frames = [
+        {c: rng.integers(0, 256, (settings.image_size, settings.image_size, 3), dtype=np.uint8) for c in cameras}
+        for _ in range(8)
+    ]
     proprio = np.zeros(proprio_dim) if proprio_dim else None
     with PolicyClient(address, timeout=30, retries=0) as warm:  # one step so the model is warm before RSS
         episode = warm.start_episode(instruction)
@@ -123,8 +137,9 @@ def _soak(address: str, settings: SoakConfig, pid: int | None, progress) -> dict
     def episode_loop(index: int) -> None:
         chooser = random.Random(settings.seed + index)
         with PolicyClient(address, timeout=30, retries=0) as client:
-            episode = client.start_episode(instruction, mask=chooser.choice(["causal", "Mf"]),
-                                           merge=chooser.random() < 0.5)
+            episode = client.start_episode(
+                instruction, mask=chooser.choice(["causal", "Mf"]), merge=chooser.random() < 0.5
+            )
             bad = bad_requests(cameras, proprio_dim, episode)
             step = 0
             while time.monotonic() < stop_at:
@@ -180,16 +195,23 @@ def _soak(address: str, settings: SoakConfig, pid: int | None, progress) -> dict
     elapsed = time.monotonic() - run_start
     time.sleep(1.0)
     bad_total = sum(sum(c.values()) for c in bad_outcomes.values())
-    misclassified = {name: {k: v for k, v in c.items() if k not in CLIENT_ERRORS}
-                     for name, c in bad_outcomes.items()}
+    misclassified = {name: {k: v for k, v in c.items() if k not in CLIENT_ERRORS} for name, c in bad_outcomes.items()}
     return {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-        "address": address, "elapsed_s": elapsed,
+        "address": address,
+        "elapsed_s": elapsed,
         "rpcs": len(valid_ms) + sum(valid_failures.values()) + bad_total,
-        "valid": {"ok": len(valid_ms), "failed": dict(valid_failures), "latency_ms": _percentiles(valid_ms),
-                  "steps_per_s": len(valid_ms) / elapsed},
-        "bad": {"sent": bad_total, "by_class": {k: dict(v) for k, v in bad_outcomes.items()},
-                "not_a_client_error": {k: v for k, v in misclassified.items() if v}},
+        "valid": {
+            "ok": len(valid_ms),
+            "failed": dict(valid_failures),
+            "latency_ms": _percentiles(valid_ms),
+            "steps_per_s": len(valid_ms) / elapsed,
+        },
+        "bad": {
+            "sent": bad_total,
+            "by_class": {k: dict(v) for k, v in bad_outcomes.items()},
+            "not_a_client_error": {k: v for k, v in misclassified.items() if v},
+        },
         "health": {"latency_ms": _percentiles(health_ms), "not_serving": dict(health_bad)},
         "server_rss_mb": {"before": rss_before, "after": _rss_mb(pid) if pid else None, "timeline": rss_timeline},
     }
@@ -197,18 +219,22 @@ def _soak(address: str, settings: SoakConfig, pid: int | None, progress) -> dict
 
 def format_report(report: dict) -> str:
     valid, bad, health = report["valid"], report["bad"], report["health"]
-    lines = [f"soak: {report['settings']['episodes']} episodes x {report['elapsed_s']:.0f} s against {report['address']}",
-             f"  RPCs {report['rpcs']}: valid {valid['ok']} ok, failed {sum(valid['failed'].values())} "
-             f"{valid['failed'] or ''}; bad {bad['sent']}, not a client error: {bad['not_a_client_error'] or 'none'}",
-             f"  valid Act latency p50 {valid['latency_ms'].get('p50', float('nan')):.1f} ms, "
-             f"p99 {valid['latency_ms'].get('p99', float('nan')):.1f} ms, {valid['steps_per_s']:.1f} steps/s",
-             f"  health p50 {health['latency_ms'].get('p50', float('nan')):.2f} ms, "
-             f"p99 {health['latency_ms'].get('p99', float('nan')):.2f} ms, "
-             f"max {health['latency_ms'].get('max', float('nan')):.2f} ms; not SERVING: {health['not_serving'] or 'never'}"]
+    lines = [
+        f"soak: {report['settings']['episodes']} episodes x {report['elapsed_s']:.0f} s against {report['address']}",
+        f"  RPCs {report['rpcs']}: valid {valid['ok']} ok, failed {sum(valid['failed'].values())} "
+        f"{valid['failed'] or ''}; bad {bad['sent']}, not a client error: {bad['not_a_client_error'] or 'none'}",
+        f"  valid Act latency p50 {valid['latency_ms'].get('p50', float('nan')):.1f} ms, "
+        f"p99 {valid['latency_ms'].get('p99', float('nan')):.1f} ms, {valid['steps_per_s']:.1f} steps/s",
+        f"  health p50 {health['latency_ms'].get('p50', float('nan')):.2f} ms, "
+        f"p99 {health['latency_ms'].get('p99', float('nan')):.2f} ms, "
+        f"max {health['latency_ms'].get('max', float('nan')):.2f} ms; not SERVING: {health['not_serving'] or 'never'}",
+    ]
     rss = report["server_rss_mb"]
     if rss["before"] is not None:
-        lines.append(f"  server RSS {rss['before']:.0f} MB before, {rss['after']:.0f} MB after; every 10 s: "
-                     + " ".join(f"{mb:.0f}" for _, mb in rss["timeline"]))
+        lines.append(
+            f"  server RSS {rss['before']:.0f} MB before, {rss['after']:.0f} MB after; every 10 s: "
+            + " ".join(f"{mb:.0f}" for _, mb in rss["timeline"])
+        )
     for name, outcomes in sorted(bad["by_class"].items()):
         lines.append(f"    {name:22} {outcomes}")
     return "\n".join(lines)

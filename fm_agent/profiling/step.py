@@ -36,18 +36,28 @@ def shaped_like(checkpoint: Path, chunk: int, head: str) -> VLAPolicy:
     shape = VLAConfig.load(checkpoint)
     rng = np.random.default_rng(0)
     actions = ActionTokenizer.fit(rng.uniform(-1, 1, (1000, 7)), bins=256, chunk=chunk)
-    config = VLAConfig(env_family=shape.env_family, cameras=shape.cameras, image_size=shape.image_size,
-                       history=shape.history, action_tokenizer=actions.to_dict(), proprio_dim=shape.proprio_dim,
-                       proprio_low=[-1.0] * shape.proprio_dim, proprio_high=[1.0] * shape.proprio_dim,
-                       backbone=shape.backbone, action_head=head)
+    config = VLAConfig(
+        env_family=shape.env_family,
+        cameras=shape.cameras,
+        image_size=shape.image_size,
+        history=shape.history,
+        action_tokenizer=actions.to_dict(),
+        proprio_dim=shape.proprio_dim,
+        proprio_low=[-1.0] * shape.proprio_dim,
+        proprio_high=[1.0] * shape.proprio_dim,
+        backbone=shape.backbone,
+        action_head=head,
+    )
     return VLAPolicy.create(config, [INSTRUCTION], seed=0)
 
 
 def _observation(policy: VLAPolicy) -> Observation:
     rng = np.random.default_rng(1)
     size = policy.config.image_size
-    frames = [{c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in policy.config.cameras}
-              for _ in range(policy.config.history)]
+    frames = [
+        {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in policy.config.cameras}
+        for _ in range(policy.config.history)
+    ]
     return Observation(frames, INSTRUCTION, np.zeros(policy.config.proprio_dim) if policy.config.proprio_dim else None)
 
 
@@ -64,12 +74,18 @@ def _time_parts(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec) -
     start = time.perf_counter()
     policy.model.model.get_image_features(pixel_values=policy.encode([observation])["pixel_values"])
     vision = (time.perf_counter() - start) * 1e3
-    return {"step_ms": step, "forward_ms": forward, "vision_ms": vision,
-            "prefill_ms": result.timings_ms["prefill_ms"], "decode_ms": result.timings_ms["decode_ms"]}
+    return {
+        "step_ms": step,
+        "forward_ms": forward,
+        "vision_ms": vision,
+        "prefill_ms": result.timings_ms["prefill_ms"],
+        "decode_ms": result.timings_ms["decode_ms"],
+    }
 
 
-def run_step_profile(checkpoint: Path, chunks: tuple[int, ...] = (1, 2, 4, 8, 16), repetitions: int = 15,
-                     threads: int = 1, progress=None) -> dict:
+def run_step_profile(
+    checkpoint: Path, chunks: tuple[int, ...] = (1, 2, 4, 8, 16), repetitions: int = 15, threads: int = 1, progress=None
+) -> dict:
     torch.set_num_threads(threads)
     policies = {(chunk, head): shaped_like(checkpoint, chunk, head) for chunk in chunks for head in HEADS}
     reference = {chunk: policies[(chunk, "autoregressive")] for chunk in chunks}
@@ -85,24 +101,42 @@ def run_step_profile(checkpoint: Path, chunks: tuple[int, ...] = (1, 2, 4, 8, 16
     rows = []
     for (chunk, head, label), runs in samples.items():
         median = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
-        rows.append({"chunk": chunk, "head": head, "spec": label, "tokens": 7 * chunk, **median,
-                     "step_over_forward": median["step_ms"] / median["forward_ms"]})
+        rows.append(
+            {
+                "chunk": chunk,
+                "head": head,
+                "spec": label,
+                "tokens": 7 * chunk,
+                **median,
+                "step_over_forward": median["step_ms"] / median["forward_ms"],
+            }
+        )
     causal = {(r["chunk"], r["head"]): r for r in rows if r["spec"] == "causal"}
     for row in rows:
         row["over_causal"] = row["step_ms"] / causal[(row["chunk"], row["head"])]["step_ms"]
-    return {"checkpoint_shape": str(checkpoint), "threads": threads, "repetitions": repetitions,
-            "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "rows": rows}
+    return {
+        "checkpoint_shape": str(checkpoint),
+        "threads": threads,
+        "repetitions": repetitions,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
 
 
 def format_step_report(report: dict) -> str:
-    lines = [f"control step, {report['checkpoint_shape']} shape, random weights, {report['threads']} thread(s), "
-             f"median of {report['repetitions']}",
-             f"{'chunk':>5} {'head':15} {'spec':9} {'step ms':>8} {'vision':>7} {'prefill':>8} {'decode':>7} "
-             f"{'forward':>8} {'step/fwd':>8} {'x causal':>8}"]
+    lines = [
+        f"control step, {report['checkpoint_shape']} shape, random weights, {report['threads']} thread(s), "
+        f"median of {report['repetitions']}",
+        f"{'chunk':>5} {'head':15} {'spec':9} {'step ms':>8} {'vision':>7} {'prefill':>8} {'decode':>7} "
+        f"{'forward':>8} {'step/fwd':>8} {'x causal':>8}",
+    ]
     for r in sorted(report["rows"], key=lambda r: (r["chunk"], r["head"], r["spec"])):
-        lines.append(f"{r['chunk']:>5} {r['head']:15} {r['spec']:9} {r['step_ms']:8.1f} {r['vision_ms']:7.1f} "
-                     f"{r['prefill_ms']:8.1f} {r['decode_ms']:7.1f} {r['forward_ms']:8.1f} "
-                     f"{r['step_over_forward']:8.2f} {r['over_causal']:8.2f}")
+        lines.append(
+            f"{r['chunk']:>5} {r['head']:15} {r['spec']:9} {r['step_ms']:8.1f} {r['vision_ms']:7.1f} "
+            f"{r['prefill_ms']:8.1f} {r['decode_ms']:7.1f} {r['forward_ms']:8.1f} "
+            f"{r['step_over_forward']:8.2f} {r['over_causal']:8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -110,13 +144,20 @@ def plot_step_report(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for head in HEADS:
         for label, style in zip(SPECS, ("-o", "--s")):
-            rows = sorted((r for r in report["rows"] if r["head"] == head and r["spec"] == label),
-                          key=lambda r: r["chunk"])
+            rows = sorted(
+                (r for r in report["rows"] if r["head"] == head and r["spec"] == label), key=lambda r: r["chunk"]
+            )
             ax.plot([r["chunk"] for r in rows], [r["step_ms"] for r in rows], style, label=f"{head}, {label}")
-    forward = sorted((r for r in report["rows"] if r["head"] == "autoregressive" and r["spec"] == "causal"),
-                     key=lambda r: r["chunk"])
-    ax.plot([r["chunk"] for r in forward], [r["forward_ms"] for r in forward], ":", color="gray",
-            label="one forward of the prompt")
+    forward = sorted(
+        (r for r in report["rows"] if r["head"] == "autoregressive" and r["spec"] == "causal"), key=lambda r: r["chunk"]
+    )
+    ax.plot(
+        [r["chunk"] for r in forward],
+        [r["forward_ms"] for r in forward],
+        ":",
+        color="gray",
+        label="one forward of the prompt",
+    )
     ax.set_xlabel("actions per chunk (7 tokens each)")
     ax.set_ylabel("ms per control step (median)")
     ax.set_title("control step vs chunk length")
@@ -126,8 +167,9 @@ def plot_step_report(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(checkpoint: Path, out: Path, chunks: tuple[int, ...], repetitions: int, threads: int,
-         command: str = "") -> int:
+def main(
+    checkpoint: Path, out: Path, chunks: tuple[int, ...], repetitions: int, threads: int, command: str = ""
+) -> int:
     bar = tqdm(total=repetitions, desc="step profile", unit="round")
 
     def progress(done: int, total: int) -> None:

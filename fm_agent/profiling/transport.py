@@ -62,9 +62,19 @@ def serve_websocket(kind: str, checkpoint: str, threads: int = 1) -> None:
 
 class _WebsocketProcess:
     def __init__(self, kind: str, checkpoint: Path) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", "import sys; from fm_agent.profiling.transport import "
-                                         "serve_websocket; serve_websocket(sys.argv[1], sys.argv[2])", kind,
-                                         str(checkpoint)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from fm_agent.profiling.transport import "
+                "serve_websocket; serve_websocket(sys.argv[1], sys.argv[2])",
+                kind,
+                str(checkpoint),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         line = self.process.stdout.readline().strip()
         if not line.isdigit():
             self.stop()
@@ -96,8 +106,12 @@ def _websocket_server(policy, decode: Callable[[bytes], dict], encode: Callable[
 ORDERINGS = {"interleaved": 1, "blocks": 20}  # calls per path per turn
 
 
-def time_paths(paths: dict[str, Callable[[], float | None]], rounds: int, block: int = 1,
-               progress: Callable[[int], Any] | None = None) -> dict[str, dict[str, list[float]]]:
+def time_paths(
+    paths: dict[str, Callable[[], float | None]],
+    rounds: int,
+    block: int = 1,
+    progress: Callable[[int], Any] | None = None,
+) -> dict[str, dict[str, list[float]]]:
     """Calls every path ``rounds`` times, in turns of ``block`` calls per path, the order of the paths
     rotating by one each turn so that no path always follows the same one (what ran just before a
     call, e.g. a server finishing its reply, shows in that call's time on a 2-core machine).
@@ -110,7 +124,7 @@ def time_paths(paths: dict[str, Callable[[], float | None]], rounds: int, block:
         for _ in range(3):
             paths[name]()
     for turn in range(-(-rounds // block)):
-        order = names[turn % len(names):] + names[:turn % len(names)]
+        order = names[turn % len(names) :] + names[: turn % len(names)]
         for name in order:
             for _ in range(min(block, rounds - turn * block)):
                 start = time.perf_counter()
@@ -126,8 +140,14 @@ def time_paths(paths: dict[str, Callable[[], float | None]], rounds: int, block:
 
 def _stats(values: list[float]) -> dict[str, float]:
     q = np.percentile(values, [25, 50, 75, 95])
-    return {"p25_ms": float(q[0]), "p50_ms": float(q[1]), "p75_ms": float(q[2]), "p95_ms": float(q[3]),
-            "mean_ms": float(statistics.mean(values)), "n": len(values)}
+    return {
+        "p25_ms": float(q[0]),
+        "p50_ms": float(q[1]),
+        "p75_ms": float(q[2]),
+        "p95_ms": float(q[3]),
+        "mean_ms": float(statistics.mean(values)),
+        "n": len(values),
+    }
 
 
 def summarise_paths(timings: dict[str, dict[str, list[float]]], in_process: str = "in_process_step") -> dict:
@@ -145,9 +165,14 @@ def summarise_paths(timings: dict[str, dict[str, list[float]]], in_process: str 
     return summary
 
 
-def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: int = 224, concurrent: int = 8,
-                            concurrent_steps: int = 20, progress: Callable[[int, int, str], Any] | None = None
-                            ) -> dict[str, Any]:
+def run_transport_benchmark(
+    checkpoint: Path,
+    repeats: int = 100,
+    image_size: int = 224,
+    concurrent: int = 8,
+    concurrent_steps: int = 20,
+    progress: Callable[[int, int, str], Any] | None = None,
+) -> dict[str, Any]:
     """Every path's server is up at once and the calls take turns (see :func:`time_paths`), once one
     call per turn ("interleaved": every server idles while the others work, as a policy server idles
     while the robot executes a chunk) and once 20 per turn ("blocks": each path's calls back to back).
@@ -159,8 +184,11 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
     proprio = np.zeros(policy.config.proprio_dim, np.float32) if policy.config.proprio_dim else None
     instruction = "pick up the black bowl and place it on the plate"
     payload_bytes = sum(a.nbytes for a in images.values())
-    report: dict[str, Any] = {"payload": {"cameras": list(images), "shape": [image_size, image_size, 3],
-                                          "bytes": payload_bytes}, "repeats": repeats, "skipped": {}}
+    report: dict[str, Any] = {
+        "payload": {"cameras": list(images), "shape": [image_size, image_size, 3], "bytes": payload_bytes},
+        "repeats": repeats,
+        "skipped": {},
+    }
     obs = {**images, "prompt": instruction, **({"state": proprio} if proprio is not None else {})}
     history = [images] * policy.config.history  # what the server's episode holds after its first steps
 
@@ -173,8 +201,9 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
         stack.callback(server.stop)
         client = stack.enter_context(PolicyClient(address))
         no_deadline = stack.enter_context(PolicyClient(address, timeout=None))
-        episodes = {name: client.start_episode(instruction)
-                    for name in ("unary", "unary_nd", "stream", "stream_threaded")}
+        episodes = {
+            name: client.start_episode(instruction) for name in ("unary", "unary_nd", "stream", "stream_threaded")
+        }
         stream = stack.enter_context(client.open_stream())
         threaded = stack.enter_context(client.open_stream("threaded"))
         report["stream_driver"] = stream.driver
@@ -183,8 +212,9 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
             "grpc": lambda: client.act(episodes["unary"], images, proprio).latency["server_ms"],
             "grpc_no_deadline": lambda: no_deadline.act(episodes["unary_nd"], images, proprio).latency["server_ms"],
             "grpc_stream": lambda: stream.act(episodes["stream"], images, proprio).latency["server_ms"],
-            "grpc_stream_threaded": lambda: threaded.act(episodes["stream_threaded"], images,
-                                                         proprio).latency["server_ms"],
+            "grpc_stream_threaded": lambda: threaded.act(episodes["stream_threaded"], images, proprio).latency[
+                "server_ms"
+            ],
         }
         try:
             from openpi_client.websocket_client_policy import WebsocketClientPolicy  # noqa: PLC0415  (optional)
@@ -200,8 +230,9 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
 
             ws_pickle = _WebsocketProcess("pickle", checkpoint)
             stack.callback(ws_pickle.stop)
-            connection = stack.enter_context(connect(f"ws://127.0.0.1:{ws_pickle.port}", compression=None,
-                                                     max_size=None))
+            connection = stack.enter_context(
+                connect(f"ws://127.0.0.1:{ws_pickle.port}", compression=None, max_size=None)
+            )
             connection.recv()  # the metadata message
 
             def pickled() -> float:
@@ -223,8 +254,9 @@ def run_transport_benchmark(checkpoint: Path, repeats: int = 100, image_size: in
         server = LocalServer(checkpoint, ("--max-batch", str(batch)), threads=1)
         address = server.start()
         try:
-            report["throughput"][label] = _throughput(address, images, proprio, instruction, concurrent,
-                                                      concurrent_steps)
+            report["throughput"][label] = _throughput(
+                address, images, proprio, instruction, concurrent, concurrent_steps
+            )
         finally:
             server.stop()
     t = report["throughput"]
@@ -251,33 +283,54 @@ def _throughput(address: str, images, proprio, instruction: str, episodes: int, 
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"episodes": episodes, "steps": episodes * steps, "seconds": elapsed,
-            "steps_per_s": episodes * steps / elapsed}
+    return {
+        "episodes": episodes,
+        "steps": episodes * steps,
+        "seconds": elapsed,
+        "steps_per_s": episodes * steps / elapsed,
+    }
 
 
-LABELS = {"in_process_step": "in-process step", "grpc": "gRPC Act (30 s deadline)",
-          "grpc_no_deadline": "gRPC Act (no deadline)", "grpc_stream": "gRPC StreamAct",
-          "grpc_stream_threaded": "gRPC StreamAct, threaded",
-          "openpi_msgpack_websocket": "openpi msgpack/websocket", "pickle_websocket": "pickle/websocket"}
+LABELS = {
+    "in_process_step": "in-process step",
+    "grpc": "gRPC Act (30 s deadline)",
+    "grpc_no_deadline": "gRPC Act (no deadline)",
+    "grpc_stream": "gRPC StreamAct",
+    "grpc_stream_threaded": "gRPC StreamAct, threaded",
+    "openpi_msgpack_websocket": "openpi msgpack/websocket",
+    "pickle_websocket": "pickle/websocket",
+}
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"payload: {report['payload']['bytes']} bytes ({len(report['payload']['cameras'])} x "
-             f"{'x'.join(map(str, report['payload']['shape']))} uint8), {report['repeats']} calls per path"]
+    lines = [
+        f"payload: {report['payload']['bytes']} bytes ({len(report['payload']['cameras'])} x "
+        f"{'x'.join(map(str, report['payload']['shape']))} uint8), {report['repeats']} calls per path"
+    ]
     for ordering, result in report["orderings"].items():
         lines.append(f"\n{ordering} ({result['calls_per_turn']} call(s) per path per turn, order rotating):")
-        lines.append(f"  {'path':28s} {'round trip p50':>14s} {'- in-process':>12s} {'transport p25/p50/p75 (ms)':>28s}")
+        lines.append(
+            f"  {'path':28s} {'round trip p50':>14s} {'- in-process':>12s} {'transport p25/p50/p75 (ms)':>28s}"
+        )
         for name, row in result["paths"].items():
             transport = row.get("transport")
-            t = f"{transport['p25_ms']:.2f} / {transport['p50_ms']:.2f} / {transport['p75_ms']:.2f}" if transport else "-"
+            t = (
+                f"{transport['p25_ms']:.2f} / {transport['p50_ms']:.2f} / {transport['p75_ms']:.2f}"
+                if transport
+                else "-"
+            )
             minus = row.get("round_trip_minus_in_process_p50_ms")
-            lines.append(f"  {LABELS.get(name, name):28s} {row['round_trip']['p50_ms']:11.2f} ms "
-                         f"{'' if minus is None else f'{minus:9.2f} ms':>12s} {t:>28s}")
+            lines.append(
+                f"  {LABELS.get(name, name):28s} {row['round_trip']['p50_ms']:11.2f} ms "
+                f"{'' if minus is None else f'{minus:9.2f} ms':>12s} {t:>28s}"
+            )
     for name, why in report["skipped"].items():
         lines.append(f"  {LABELS.get(name, name)}: skipped, {why}")
     t = report["throughput"]
-    lines.append(f"\n{8} concurrent episodes: {t['micro_batching']['steps_per_s']:.1f} steps/s with micro-batching, "
-                 f"{t['no_batching']['steps_per_s']:.1f} without (x{t['ratio']:.2f})")
+    lines.append(
+        f"\n{8} concurrent episodes: {t['micro_batching']['steps_per_s']:.1f} steps/s with micro-batching, "
+        f"{t['no_batching']['steps_per_s']:.1f} without (x{t['ratio']:.2f})"
+    )
     return "\n".join(lines)
 
 
@@ -297,8 +350,10 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{ordering}: {result['calls_per_turn']} call(s) per turn", fontsize=9)
         ax.set_ylabel("round trip - server time (ms)")
         ax.set_ylim(bottom=0)
-    fig.suptitle(f"one control step, {report['payload']['bytes'] // 1000} KB of frames, loopback "
-                 "(median, quartiles, p95)", fontsize=9)
+    fig.suptitle(
+        f"one control step, {report['payload']['bytes'] // 1000} KB of frames, loopback (median, quartiles, p95)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

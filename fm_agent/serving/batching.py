@@ -73,11 +73,14 @@ class ModelWorker:
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since
 
-    async def submit(self, observation: PreparedObservation, spec: FutureMaskSpec,
-                     deadline: float | None) -> BatchedResult:
+    async def submit(
+        self, observation: PreparedObservation, spec: FutureMaskSpec, deadline: float | None
+    ) -> BatchedResult:
         if self._pending >= self.max_queue:
-            raise QueueFull(f"{self._pending} requests are waiting for the model, the server's limit "
-                            f"(max_queued_requests {self.max_queue}); retry later")
+            raise QueueFull(
+                f"{self._pending} requests are waiting for the model, the server's limit "
+                f"(max_queued_requests {self.max_queue}); retry later"
+            )
         loop = asyncio.get_running_loop()
         job = Job(observation, spec, loop.create_future(), loop, deadline)
         self._pending += 1
@@ -156,6 +159,7 @@ class ModelWorker:
 
 def _resolve(worker: ModelWorker, job: Job, value: Any = None, error: BaseException | None = None) -> None:
     """Hand a job's outcome to its event loop; exactly once per job, so the pending count stays true."""
+
     def apply() -> None:
         worker._pending -= 1
         if job.future.done():

@@ -23,11 +23,15 @@ PIL_FORMATS = {pb.Image.PNG: "PNG", pb.Image.JPEG: "JPEG"}
 
 def _check_size(camera: str, height: int, width: int, limits: Limits) -> None:
     if not (0 < height <= limits.max_image_side and 0 < width <= limits.max_image_side):
-        raise invalid(f"camera {shorten(camera)}: {height}x{width} is outside the server's image side limit "
-                      f"1..{limits.max_image_side} (max_image_side)")
+        raise invalid(
+            f"camera {shorten(camera)}: {height}x{width} is outside the server's image side limit "
+            f"1..{limits.max_image_side} (max_image_side)"
+        )
     if height * width > limits.max_image_pixels:
-        raise invalid(f"camera {shorten(camera)}: {height}x{width} = {height * width} pixels exceeds the server's "
-                      f"limit of {limits.max_image_pixels} pixels per image (max_image_pixels)")
+        raise invalid(
+            f"camera {shorten(camera)}: {height}x{width} = {height * width} pixels exceeds the server's "
+            f"limit of {limits.max_image_pixels} pixels per image (max_image_pixels)"
+        )
 
 
 def decode_image(image: pb.Image, limits: Limits = Limits()) -> np.ndarray:
@@ -43,8 +47,10 @@ def decode_image(image: pb.Image, limits: Limits = Limits()) -> np.ndarray:
             raise invalid(f"camera {shorten(camera)}: RAW images need height and width, got {h}x{w}")
         _check_size(camera, h, w, limits)
         if len(image.data) != h * w * 3:
-            raise invalid(f"camera {shorten(camera)}: {len(image.data)} bytes do not hold a {h}x{w}x3 uint8 image "
-                          f"({h * w * 3} bytes)")
+            raise invalid(
+                f"camera {shorten(camera)}: {len(image.data)} bytes do not hold a {h}x{w}x3 uint8 image "
+                f"({h * w * 3} bytes)"
+            )
         return np.frombuffer(image.data, dtype=np.uint8).reshape(h, w, 3)
     if image.encoding not in PIL_FORMATS:
         raise invalid(f"camera {shorten(camera)}: unknown image encoding {image.encoding}; send RAW, PNG or JPEG")
@@ -57,18 +63,23 @@ def decode_image(image: pb.Image, limits: Limits = Limits()) -> np.ndarray:
     except RequestError:
         raise
     except PILImage.DecompressionBombError:
-        raise invalid(f"camera {shorten(camera)}: the {name} header declares an image larger than "
-                      f"{limits.max_image_pixels} pixels (max_image_pixels)") from None
+        raise invalid(
+            f"camera {shorten(camera)}: the {name} header declares an image larger than "
+            f"{limits.max_image_pixels} pixels (max_image_pixels)"
+        ) from None
     except Exception as error:  # any decoder failure is the data's fault
         raise invalid(f"camera {shorten(camera)}: cannot decode {name} data ({type(error).__name__})") from None
     if (image.height and image.height != array.shape[0]) or (image.width and image.width != array.shape[1]):
-        raise invalid(f"camera {shorten(camera)}: decoded {array.shape[0]}x{array.shape[1]}, "
-                      f"message says {image.height}x{image.width}")
+        raise invalid(
+            f"camera {shorten(camera)}: decoded {array.shape[0]}x{array.shape[1]}, "
+            f"message says {image.height}x{image.width}"
+        )
     return array
 
 
-def decode_observation(observation: pb.Observation, cameras: list[str], proprio_dim: int,
-                       limits: Limits = Limits()) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def decode_observation(
+    observation: pb.Observation, cameras: list[str], proprio_dim: int, limits: Limits = Limits()
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Every check that needs only the message; the frames come back at the size they were sent."""
     if len(observation.images) > len(cameras):
         raise invalid(f"{len(observation.images)} images for a policy that reads {len(cameras)} cameras {cameras}")

@@ -36,7 +36,7 @@ class Episode:
 
     def frames_with(self, frame: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """The history as it will be once ``frame`` is committed (the history itself is unchanged)."""
-        return [*self.history, frame][-self.history.maxlen:]
+        return [*self.history, frame][-self.history.maxlen :]
 
 
 class EpisodeStore:
@@ -50,9 +50,11 @@ class EpisodeStore:
     def start(self, instruction: str, spec: FutureMaskSpec, seed: int = 0, temperature: float = 0.0) -> Episode:
         """A new episode; the caller evicts idle ones first (and logs them)."""
         if len(self._episodes) >= self.max_episodes:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"{self.max_episodes} episodes are live; end one (EndEpisode) or wait for the "
-                               f"{self.idle_timeout_s:.0f} s idle timeout")
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_episodes} episodes are live; end one (EndEpisode) or wait for the "
+                f"{self.idle_timeout_s:.0f} s idle timeout",
+            )
         seed = seed or secrets.randbits(63)
         episode = Episode(uuid.uuid4().hex, instruction, spec, deque(maxlen=self.history), seed, temperature)
         self._episodes[episode.id] = episode
@@ -61,9 +63,11 @@ class EpisodeStore:
     def get(self, episode_id: str) -> Episode:
         episode = self._episodes.get(episode_id)
         if episode is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"unknown episode {shorten(episode_id)} (never started, ended, or evicted after "
-                               f"{self.idle_timeout_s:.0f} s idle)")
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown episode {shorten(episode_id)} (never started, ended, or evicted after "
+                f"{self.idle_timeout_s:.0f} s idle)",
+            )
         episode.last_used = time.monotonic()
         return episode
 
@@ -74,8 +78,9 @@ class EpisodeStore:
 
     def evict_idle(self) -> list[str]:
         now = time.monotonic()
-        stale = [e.id for e in self._episodes.values()
-                 if now - e.last_used > self.idle_timeout_s and not e.lock.locked()]
+        stale = [
+            e.id for e in self._episodes.values() if now - e.last_used > self.idle_timeout_s and not e.lock.locked()
+        ]
         for episode_id in stale:
             del self._episodes[episode_id]
         return stale

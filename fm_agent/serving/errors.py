@@ -55,8 +55,19 @@ class ErrorReporter:
             else:
                 self.suppressed += 1
         if loud:
-            self.log.error(json.dumps({"event": "internal_error", "error_id": error_id, "where": where,
-                                       "type": type(error).__name__, "suppressed_before": suppressed}),
-                           exc_info=(type(error), error, error.__traceback__))
-        return RequestError(grpc.StatusCode.INTERNAL, f"internal server error (error id {error_id}); "
-                                                      "the operator can find it in the server log")
+            self.log.error(
+                json.dumps(
+                    {
+                        "event": "internal_error",
+                        "error_id": error_id,
+                        "where": where,
+                        "type": type(error).__name__,
+                        "suppressed_before": suppressed,
+                    }
+                ),
+                exc_info=(type(error), error, error.__traceback__),
+            )
+        return RequestError(
+            grpc.StatusCode.INTERNAL,
+            f"internal server error (error id {error_id}); the operator can find it in the server log",
+        )

@@ -35,18 +35,29 @@ class JsonLogFormatter(logging.Formatter):
 def run_serve(config: ServeConfig, command: str = "") -> int:
     config.validate()
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter() if config.json_logs
-                         else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(
+        JsonLogFormatter() if config.json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.set_num_interop_threads(1)  # the server runs one model thread; inter-op parallelism is unused
     policy = VLAPolicy.from_pretrained(config.checkpoint)
-    settings = ServerSettings(host=config.host, port=config.port, default_mask=config.default_spec().label,
-                              max_episodes=config.max_episodes, idle_timeout_s=config.idle_timeout,
-                              max_batch=config.max_batch, batch_window_ms=config.batch_window_ms,
-                              max_message_bytes=config.max_message_mb << 20, token=config.token,
-                              tls_cert=config.tls_cert, tls_key=config.tls_key, model_name=config.checkpoint.name,
-                              limits=config.limits, decode_threads=config.decode_threads)
+    settings = ServerSettings(
+        host=config.host,
+        port=config.port,
+        default_mask=config.default_spec().label,
+        max_episodes=config.max_episodes,
+        idle_timeout_s=config.idle_timeout,
+        max_batch=config.max_batch,
+        batch_window_ms=config.batch_window_ms,
+        max_message_bytes=config.max_message_mb << 20,
+        token=config.token,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        model_name=config.checkpoint.name,
+        limits=config.limits,
+        decode_threads=config.decode_threads,
+    )
     try:
         return asyncio.run(serve(policy, settings, ready_file=config.ready_file))
     except PortInUse as error:

@@ -41,8 +41,13 @@ class Limits:
     """seconds one batch may run before health says NOT_SERVING and Acts fail fast"""
 
     def __post_init__(self) -> None:
-        for name in ("max_instruction_chars", "max_image_pixels", "max_image_side", "max_queued_requests",
-                     "max_concurrent_rpcs"):
+        for name in (
+            "max_instruction_chars",
+            "max_image_pixels",
+            "max_image_side",
+            "max_queued_requests",
+            "max_concurrent_rpcs",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_instruction_words is not None and self.max_instruction_words < 1:

@@ -41,11 +41,28 @@ class LocalServer:
     def start(self, timeout: float = 180.0) -> str:
         """Starts the server and returns its address once it is ready; raises ServerStartError."""
         self.ready_file.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "fm_agent.cli", "serve", "--checkpoint", str(self.checkpoint),
-                   "--port", str(self._port or 0), "--threads", str(self.threads),
-                   "--ready-file", str(self.ready_file), *self.extra_args]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        command = [
+            sys.executable,
+            "-m",
+            "fm_agent.cli",
+            "serve",
+            "--checkpoint",
+            str(self.checkpoint),
+            "--port",
+            str(self._port or 0),
+            "--threads",
+            str(self.threads),
+            "--ready-file",
+            str(self.ready_file),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self._reader = threading.Thread(target=self._drain, args=(self.process,), daemon=True)
         self._reader.start()
         deadline = time.monotonic() + timeout
@@ -55,12 +72,15 @@ class LocalServer:
                 return self.address
             if self.process.poll() is not None:
                 self._reader.join(5)
-                raise ServerStartError(f"the policy server exited at start (code {self.process.returncode}):\n"
-                                       + "".join(list(self.log)[-30:]))
+                raise ServerStartError(
+                    f"the policy server exited at start (code {self.process.returncode}):\n"
+                    + "".join(list(self.log)[-30:])
+                )
             time.sleep(0.05)
         self.stop()
-        raise ServerStartError(f"the policy server was not ready within {timeout:.0f} s:\n"
-                               + "".join(list(self.log)[-30:]))
+        raise ServerStartError(
+            f"the policy server was not ready within {timeout:.0f} s:\n" + "".join(list(self.log)[-30:])
+        )
 
     def _drain(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None

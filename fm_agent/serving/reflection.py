@@ -34,6 +34,7 @@ def enable_reflection(service_names: list[str], server: grpc.aio.Server) -> None
             yield response.SerializeToString()
 
     handler = grpc.stream_stream_rpc_method_handler(info_v1)  # bytes in, bytes out: same wire format
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(V1_SERVICE_NAME,
-                                                                          {"ServerReflectionInfo": handler}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {"ServerReflectionInfo": handler}),)
+    )
     reflection_v1alpha.enable_server_reflection(names, server)

@@ -83,6 +83,7 @@ class Malformed:
 def tolerant(message_type: Any) -> Callable[[bytes], Any]:
     """A request deserializer that hands unparseable bytes to the handler instead of failing the call
     with UNKNOWN (and a traceback in the log per request)."""
+
     def parse(data: bytes) -> Any:
         try:
             return message_type.FromString(data)
@@ -103,8 +104,9 @@ class PolicyServicer:
         self.policy, self.settings, self.limits = policy, settings, settings.limits
         self.default_spec = FutureMaskSpec.parse(settings.default_mask)
         self.episodes = EpisodeStore(policy.config.history, settings.max_episodes, settings.idle_timeout_s)
-        self.worker = ModelWorker(policy, settings.max_batch, settings.batch_window_ms,
-                                  settings.limits.max_queued_requests)
+        self.worker = ModelWorker(
+            policy, settings.max_batch, settings.batch_window_ms, settings.limits.max_queued_requests
+        )
         self.decoder = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="fm-agent-decode")
         self.max_instruction_words = settings.limits.instruction_words(policy.prompt_capacity())
         self.errors = ErrorReporter(log)
@@ -127,15 +129,24 @@ class PolicyServicer:
         else:
             space.num_actions = actions.bins
         return pb.PolicyInfo(
-            model_name=self.settings.model_name, model_version=__version__, action_space=space,
+            model_name=self.settings.model_name,
+            model_version=__version__,
+            action_space=space,
             cameras=[pb.CameraSpec(name=c, height=cfg.image_size, width=cfg.image_size) for c in cfg.cameras],
-            history=cfg.history, proprio_dim=cfg.proprio_dim, available_masks=list(MASK_KINDS),
-            default_mask=self.default_spec.to_message(), max_message_bytes=self.settings.max_message_bytes,
+            history=cfg.history,
+            proprio_dim=cfg.proprio_dim,
+            available_masks=list(MASK_KINDS),
+            default_mask=self.default_spec.to_message(),
+            max_message_bytes=self.settings.max_message_bytes,
             default_temperature=self.policy.config.temperature,
-            limits=pb.ServerLimits(max_instruction_chars=limits.max_instruction_chars,
-                                   max_instruction_words=self.max_instruction_words,
-                                   max_image_pixels=limits.max_image_pixels, max_image_side=limits.max_image_side,
-                                   max_queued_requests=limits.max_queued_requests))
+            limits=pb.ServerLimits(
+                max_instruction_chars=limits.max_instruction_chars,
+                max_instruction_words=self.max_instruction_words,
+                max_image_pixels=limits.max_image_pixels,
+                max_image_side=limits.max_image_side,
+                max_queued_requests=limits.max_queued_requests,
+            ),
+        )
 
     async def StartEpisode(self, request, context) -> pb.StartEpisodeResponse:
         return await self._guard(context, self._start(request), "StartEpisode")
@@ -143,14 +154,18 @@ class PolicyServicer:
     def _check_instruction(self, instruction: str) -> int:
         """The prompt's length for ``instruction``, which must fit the limits."""
         if len(instruction) > self.limits.max_instruction_chars:
-            raise invalid(f"the instruction has {len(instruction)} characters, the server's limit is "
-                          f"{self.limits.max_instruction_chars} (max_instruction_chars)")
+            raise invalid(
+                f"the instruction has {len(instruction)} characters, the server's limit is "
+                f"{self.limits.max_instruction_chars} (max_instruction_chars)"
+            )
         if not instruction.strip():
             raise invalid("instruction is missing")
         count = len(words(instruction))
         if count > self.max_instruction_words:
-            raise invalid(f"the instruction has {count} words, the limit is {self.max_instruction_words} "
-                          f"(max_instruction_words: what the model's context holds beside frames and actions)")
+            raise invalid(
+                f"the instruction has {count} words, the limit is {self.max_instruction_words} "
+                f"(max_instruction_words: what the model's context holds beside frames and actions)"
+            )
         proprio = np.zeros(self.policy.config.proprio_dim) if self.policy.config.proprio_dim else None
         return len(self.policy.prompt_ids(instruction, proprio))
 
@@ -163,8 +178,11 @@ class PolicyServicer:
             raise invalid(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {temperature}")
         self._evict()
         episode = self.episodes.start(request.instruction, spec, request.seed, temperature)
-        log.info(json.dumps({"event": "start_episode", "episode": episode.id, "mask": spec.label,
-                             "temperature": temperature}))
+        log.info(
+            json.dumps(
+                {"event": "start_episode", "episode": episode.id, "mask": spec.label, "temperature": temperature}
+            )
+        )
         return pb.StartEpisodeResponse(episode_id=episode.id)
 
     async def EndEpisode(self, request, context) -> pb.EndEpisodeResponse:
@@ -190,8 +208,9 @@ class PolicyServicer:
         try:
             frame = self.policy.check_frame(frame)
             generator = step_generator(episode.seed, episode.steps) if episode.temperature > 0 else None
-            observation = Observation(episode.frames_with(frame), episode.instruction, proprio,
-                                      episode.temperature, generator)
+            observation = Observation(
+                episode.frames_with(frame), episode.instruction, proprio, episode.temperature, generator
+            )
             return frame, self.policy.prepare(observation)
         except ValueError as error:
             raise invalid(str(error)) from None
@@ -201,8 +220,9 @@ class PolicyServicer:
         episode = self.episodes.get(_well_formed(request).episode_id)
         stalled = self.worker.busy_for()
         if stalled > self.limits.stall_timeout_s:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE,
-                               f"the model worker has made no progress for {stalled:.0f} s; retry later")
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE, f"the model worker has made no progress for {stalled:.0f} s; retry later"
+            )
         remaining = context.time_remaining() if context is not None else None
         deadline = time.monotonic() + remaining if remaining is not None else None
         loop = asyncio.get_running_loop()
@@ -264,27 +284,41 @@ class PolicyServicer:
             stalled = self.worker.busy_for() > self.limits.stall_timeout_s
             if stalled == serving:
                 serving = not stalled
-                status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for name in ("", SERVICE_NAME):
                     await health_servicer.set(name, status)
-                log.warning(json.dumps({"event": "worker_recovered" if serving else "worker_stalled",
-                                        "stall_timeout_s": self.limits.stall_timeout_s}))
+                log.warning(
+                    json.dumps(
+                        {
+                            "event": "worker_recovered" if serving else "worker_stalled",
+                            "stall_timeout_s": self.limits.stall_timeout_s,
+                        }
+                    )
+                )
 
 
 def _service_handler(servicer: PolicyServicer) -> grpc.GenericRpcHandler:
     def unary(method, request_type, response_type):
-        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=tolerant(request_type),
-                                                   response_serializer=response_type.SerializeToString)
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=tolerant(request_type), response_serializer=response_type.SerializeToString
+        )
 
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-        "GetInfo": unary(servicer.GetInfo, pb.GetInfoRequest, pb.PolicyInfo),
-        "StartEpisode": unary(servicer.StartEpisode, pb.StartEpisodeRequest, pb.StartEpisodeResponse),
-        "EndEpisode": unary(servicer.EndEpisode, pb.EndEpisodeRequest, pb.EndEpisodeResponse),
-        "Act": unary(servicer.Act, pb.ActRequest, pb.ActResponse),
-        "StreamAct": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamAct, request_deserializer=tolerant(pb.ActRequest),
-            response_serializer=pb.ActResponse.SerializeToString),
-    })
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "GetInfo": unary(servicer.GetInfo, pb.GetInfoRequest, pb.PolicyInfo),
+            "StartEpisode": unary(servicer.StartEpisode, pb.StartEpisodeRequest, pb.StartEpisodeResponse),
+            "EndEpisode": unary(servicer.EndEpisode, pb.EndEpisodeRequest, pb.EndEpisodeResponse),
+            "Act": unary(servicer.Act, pb.ActRequest, pb.ActResponse),
+            "StreamAct": grpc.stream_stream_rpc_method_handler(
+                servicer.StreamAct,
+                request_deserializer=tolerant(pb.ActRequest),
+                response_serializer=pb.ActResponse.SerializeToString,
+            ),
+        },
+    )
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -313,12 +347,15 @@ class PolicyServer:
 
     def __init__(self, policy: VLAPolicy, settings: ServerSettings) -> None:
         self.settings = settings
-        options = [("grpc.max_receive_message_length", settings.max_message_bytes),
-                   ("grpc.max_send_message_length", settings.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]  # a second server on a busy port must fail, not share it
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]  # a second server on a busy port must fail, not share it
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
-        self.server = grpc.aio.server(options=options, interceptors=interceptors,
-                                      maximum_concurrent_rpcs=settings.limits.max_concurrent_rpcs)
+        self.server = grpc.aio.server(
+            options=options, interceptors=interceptors, maximum_concurrent_rpcs=settings.limits.max_concurrent_rpcs
+        )
         self.servicer = PolicyServicer(policy, settings)
         self.server.add_generic_rpc_handlers((_service_handler(self.servicer),))
         self.health = health.aio.HealthServicer()
@@ -332,8 +369,9 @@ class PolicyServer:
         address = f"{settings.host}:{settings.port}"
         try:
             if settings.tls_cert and settings.tls_key:
-                credentials = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(),
-                                                            settings.tls_cert.read_bytes())])
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+                )
                 self.port = self.server.add_secure_port(address, credentials)
             else:
                 self.port = self.server.add_insecure_port(address)
@@ -341,16 +379,28 @@ class PolicyServer:
             self.port = 0
         if self.port == 0:
             self.servicer.close()
-            raise PortInUse(f"cannot listen on {address}: the port is in use (another server?) or the "
-                            "address is not this machine's; choose another --port or stop the other server")
+            raise PortInUse(
+                f"cannot listen on {address}: the port is in use (another server?) or the "
+                "address is not this machine's; choose another --port or stop the other server"
+            )
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         period = max(1.0, min(30.0, settings.idle_timeout_s / 4))
-        self._tasks = [asyncio.create_task(self.servicer.evict_forever(period)),
-                       asyncio.create_task(self.servicer.watch_worker(self.health))]
-        log.info(json.dumps({"event": "serving", "address": f"{settings.host}:{self.port}",
-                             "model": settings.model_name, "default_mask": self.servicer.default_spec.label}))
+        self._tasks = [
+            asyncio.create_task(self.servicer.evict_forever(period)),
+            asyncio.create_task(self.servicer.watch_worker(self.health)),
+        ]
+        log.info(
+            json.dumps(
+                {
+                    "event": "serving",
+                    "address": f"{settings.host}:{self.port}",
+                    "model": settings.model_name,
+                    "default_mask": self.servicer.default_spec.label,
+                }
+            )
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -372,8 +422,9 @@ def write_ready_file(path: Path, address: str) -> None:
     os.replace(partial, path)
 
 
-async def serve(policy: VLAPolicy, settings: ServerSettings, ready: asyncio.Event | None = None,
-                ready_file: Path | None = None) -> int:
+async def serve(
+    policy: VLAPolicy, settings: ServerSettings, ready: asyncio.Event | None = None, ready_file: Path | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT; then stop accepting, finish in-flight calls, return 0.
 
     Readiness is signalled once the port is bound and health says SERVING: ``ready`` is set (in

@@ -76,8 +76,17 @@ class TrainConfig:
             raise ConfigError(f"--init {self.init} is not an fm-agent policy (no fm_agent_policy.json)")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be within (0, 1), got {self.val_fraction}")
-        for name in ("steps", "batch_size", "validate_every", "threads", "bins", "hidden", "layers", "heads",
-                     "kv_heads"):
+        for name in (
+            "steps",
+            "batch_size",
+            "validate_every",
+            "threads",
+            "bins",
+            "hidden",
+            "layers",
+            "heads",
+            "kv_heads",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         for name in ("history", "chunk", "history_stride", "image_size", "max_episodes"):
@@ -85,7 +94,9 @@ class TrainConfig:
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if self.heads % self.kv_heads or self.hidden % self.heads:
-            raise ConfigError(f"--hidden {self.hidden} / --heads {self.heads} / --kv-heads {self.kv_heads}: heads must "
-                              "divide hidden and kv-heads must divide heads")
+            raise ConfigError(
+                f"--hidden {self.hidden} / --heads {self.heads} / --kv-heads {self.kv_heads}: heads must "
+                "divide hidden and kv-heads must divide heads"
+            )
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r}: one of {sorted(PRESETS)}")

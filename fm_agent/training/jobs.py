@@ -26,8 +26,9 @@ def recorded_envs(data: Path) -> list[str]:
     return sorted({json.loads(line)["env"] for line in manifest.read_text().splitlines() if line.strip()})
 
 
-def build_policy(config: TrainConfig, instructions: list[str], actions: np.ndarray,
-                 proprio: np.ndarray | None) -> VLAPolicy:
+def build_policy(
+    config: TrainConfig, instructions: list[str], actions: np.ndarray, proprio: np.ndarray | None
+) -> VLAPolicy:
     """A fresh policy of the preset's conventions, its tokenizers fitted to the training data."""
     preset = PRESETS[config.preset]
     chunk = config.chunk or preset.chunk
@@ -40,14 +41,25 @@ def build_policy(config: TrainConfig, instructions: list[str], actions: np.ndarr
     if proprio is not None:
         proprio_low, proprio_high = np.quantile(proprio, 0.01, 0).tolist(), np.quantile(proprio, 0.99, 0).tolist()
     vla = VLAConfig(
-        env_family=config.preset, cameras=list(preset.cameras), image_size=config.image_size or preset.image_size,
-        history=config.history or preset.history, action_tokenizer=action_tokenizer.to_dict(),
-        history_stride=config.history_stride or chunk, prompt_order=config.prompt_order,
-        action_head=config.action_head, proprio_dim=0 if proprio is None else proprio.shape[1],
-        proprio_low=proprio_low, proprio_high=proprio_high,
-        backbone=BackboneShape(hidden=config.hidden, layers=config.layers, heads=config.heads,
-                               kv_heads=config.kv_heads, intermediate=int(config.hidden * 8 / 3) // 16 * 16,
-                               patch_size=preset.patch),
+        env_family=config.preset,
+        cameras=list(preset.cameras),
+        image_size=config.image_size or preset.image_size,
+        history=config.history or preset.history,
+        action_tokenizer=action_tokenizer.to_dict(),
+        history_stride=config.history_stride or chunk,
+        prompt_order=config.prompt_order,
+        action_head=config.action_head,
+        proprio_dim=0 if proprio is None else proprio.shape[1],
+        proprio_low=proprio_low,
+        proprio_high=proprio_high,
+        backbone=BackboneShape(
+            hidden=config.hidden,
+            layers=config.layers,
+            heads=config.heads,
+            kv_heads=config.kv_heads,
+            intermediate=int(config.hidden * 8 / 3) // 16 * 16,
+            patch_size=preset.patch,
+        ),
     )
     return VLAPolicy.create(vla, instructions, seed=config.seed)
 
@@ -55,8 +67,9 @@ def build_policy(config: TrainConfig, instructions: list[str], actions: np.ndarr
 def run_train(config: TrainConfig, command: str = "") -> int:
     config.validate()
     preset = PRESETS[config.preset]
-    episodes = [e for folder in config.data
-                for e in load_episodes(folder, list(preset.cameras), config.max_episodes)][:config.max_episodes]
+    episodes = [e for folder in config.data for e in load_episodes(folder, list(preset.cameras), config.max_episodes)][
+        : config.max_episodes
+    ]
     order = list(range(len(episodes)))
     random.Random(config.seed).shuffle(order)
     n_val = max(1, int(len(order) * config.val_fraction))
@@ -71,34 +84,57 @@ def run_train(config: TrainConfig, command: str = "") -> int:
         earlier = dict(policy.config.training)  # the --init policy's own record
     else:
         proprio = np.concatenate([e.proprio for e in train_eps]) if preset.proprio else None
-        policy = build_policy(config, [e.instruction for e in episodes],
-                              np.concatenate([e.actions for e in train_eps]), proprio)
+        policy = build_policy(
+            config, [e.instruction for e in episodes], np.concatenate([e.actions for e in train_eps]), proprio
+        )
         earlier = None
     if config.temperature is not None:
         policy.config.temperature = config.temperature
     params = sum(p.numel() for p in policy.model.parameters())
     first = train_eps[0]
     prompt = policy.prompt_ids(first.instruction, first.proprio[0] if policy.config.proprio_dim else None)
-    print(f"{len(train_eps)} training / {len(val_eps)} validation episodes, "
-          f"{sum(len(e.actions) for e in train_eps)} samples; model {params / 1e6:.2f}M parameters; "
-          f"prompt {len(prompt)} tokens")
-    settings = TrainSettings(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                             train_masks=tuple(config.train_mask), validate_every=config.validate_every,
-                             checkpoint_every=config.validate_every, seed=config.seed, threads=config.threads,
-                             max_minutes=config.max_minutes, image_shift=config.image_shift)
-    log = train(policy, train_eps, val_eps, settings, config.out,
-                progress=lambda **kw: tqdm(desc="training", **kw), resume=not config.fresh)
+    print(
+        f"{len(train_eps)} training / {len(val_eps)} validation episodes, "
+        f"{sum(len(e.actions) for e in train_eps)} samples; model {params / 1e6:.2f}M parameters; "
+        f"prompt {len(prompt)} tokens"
+    )
+    settings = TrainSettings(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        train_masks=tuple(config.train_mask),
+        validate_every=config.validate_every,
+        checkpoint_every=config.validate_every,
+        seed=config.seed,
+        threads=config.threads,
+        max_minutes=config.max_minutes,
+        image_shift=config.image_shift,
+    )
+    log = train(
+        policy,
+        train_eps,
+        val_eps,
+        settings,
+        config.out,
+        progress=lambda **kw: tqdm(desc="training", **kw),
+        resume=not config.fresh,
+    )
     policy.config.training = {
-        "command": command, "data": " ".join(map(str, config.data)), "episodes": len(episodes),
+        "command": command,
+        "data": " ".join(map(str, config.data)),
+        "episodes": len(episodes),
         "envs": sorted({env for folder in config.data for env in recorded_envs(folder)}),
         "init": str(config.init) if config.init else None,
         **({"init_training": earlier} if earlier else {}),
-        "train_masks": list(config.train_mask), "steps": log.steps[-1] if log.steps else 0,
+        "train_masks": list(config.train_mask),
+        "steps": log.steps[-1] if log.steps else 0,
         "image_shift": config.image_shift,
-        "minutes": round(log.seconds / 60, 2), "parameters": params,
+        "minutes": round(log.seconds / 60, 2),
+        "parameters": params,
         "val_loss": log.val_loss[-1] if log.val_loss else None,
         "val_action_accuracy": log.val_accuracy[-1] if log.val_accuracy else None,
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "torch_threads": config.threads,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch_threads": config.threads,
     }
     policy.save_pretrained(config.out)
     plot_losses(log, config.out / "loss.png")

@@ -64,7 +64,9 @@ def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Se
     for s in samples:
         e = episodes[s.episode]
         proprio = e.proprio[s.step] if cfg.proprio_dim else None
-        observations.append(Observation(history_frames(e, s.step, cfg.history, cfg.history_stride), e.instruction, proprio))
+        observations.append(
+            Observation(history_frames(e, s.step, cfg.history, cfg.history_stride), e.instruction, proprio)
+        )
         targets.append(actions.encode(action_chunk(e, s.step, actions.chunk)))
     inputs = policy.encode(observations)
     target = torch.tensor(np.stack(targets))
@@ -76,12 +78,18 @@ def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Se
     labels = torch.full_like(input_ids, -100)
     labels[:, prompt_len:] = target
     visual = inputs["input_ids"] == policy.image_token_id  # prompt only: the future ends at the prompt
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": inputs["pixel_values"],
-            "labels": labels, "visual": visual}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": inputs["pixel_values"],
+        "labels": labels,
+        "visual": visual,
+    }
 
 
-def random_shift(pixels: torch.Tensor, samples: int, history: int, cameras: int, pad: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def random_shift(
+    pixels: torch.Tensor, samples: int, history: int, cameras: int, pad: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Shifts each sample's view of each camera by up to ``pad`` pixels (edge pixels repeated), the same
     shift for all of its history frames, so the motion between them is kept (DrQ's random shift,
     Yarats et al. 2021). Why: with tens of demonstrations per task a policy otherwise keys on exact
@@ -100,7 +108,7 @@ def random_shift(pixels: torch.Tensor, samples: int, history: int, cameras: int,
     for i in range(samples):
         for c in range(cameras):
             dy, dx = offsets[i, c].tolist()
-            out[i, :, c] = padded[i, :, c, :, dy:dy + size, dx:dx + size]
+            out[i, :, c] = padded[i, :, c, :, dy : dy + size, dx : dx + size]
     return out.reshape_as(pixels)
 
 
@@ -110,15 +118,25 @@ def forward_loss(policy: VLAPolicy, batch: dict, spec: FutureMaskSpec) -> tuple[
     n = policy.actions.tokens_per_call
     lo, hi = policy.actions.token_range()
     if policy.parallel:  # action token j is read off placeholder j, the last n positions
-        out = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           pixel_values=batch["pixel_values"], future_attention=context, logits_to_keep=n)
+        out = policy.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            future_attention=context,
+            logits_to_keep=n,
+        )
         targets = batch["targets"]
         loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), targets.flatten())
         correct = ((out.logits[..., lo:hi].argmax(-1) + lo) == targets).all(-1)
         return loss, correct
-    out = policy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       pixel_values=batch["pixel_values"], labels=batch["labels"], future_attention=context)
-    predicted = out.logits[:, -n - 1:-1, lo:hi].argmax(-1) + lo
+    out = policy.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        labels=batch["labels"],
+        future_attention=context,
+    )
+    predicted = out.logits[:, -n - 1 : -1, lo:hi].argmax(-1) + lo
     correct = (predicted == batch["labels"][:, -n:]).all(-1)
     return out.loss, correct
 
@@ -131,12 +149,13 @@ def _schedule(step: int, settings: TrainSettings) -> float:
 
 
 @torch.no_grad()
-def validate(policy: VLAPolicy, episodes, samples: Sequence[Sample], batch_size: int,
-             spec: FutureMaskSpec) -> tuple[float, float]:
+def validate(
+    policy: VLAPolicy, episodes, samples: Sequence[Sample], batch_size: int, spec: FutureMaskSpec
+) -> tuple[float, float]:
     policy.model.eval()
     losses, correct = [], []
     for start in range(0, len(samples), batch_size):
-        batch = make_batch(policy, episodes, samples[start:start + batch_size])
+        batch = make_batch(policy, episodes, samples[start : start + batch_size])
         loss, ok = forward_loss(policy, batch, spec)
         losses.append(loss.item() * len(ok))
         correct.append(ok.float().sum().item())
@@ -145,8 +164,15 @@ def validate(policy: VLAPolicy, episodes, samples: Sequence[Sample], batch_size:
     return sum(losses) / total, sum(correct) / total
 
 
-def train(policy: VLAPolicy, train_eps: Sequence[EpisodeArrays], val_eps: Sequence[EpisodeArrays],
-          settings: TrainSettings, out: Path, progress: Callable | None = None, resume: bool = True) -> TrainLog:
+def train(
+    policy: VLAPolicy,
+    train_eps: Sequence[EpisodeArrays],
+    val_eps: Sequence[EpisodeArrays],
+    settings: TrainSettings,
+    out: Path,
+    progress: Callable | None = None,
+    resume: bool = True,
+) -> TrainLog:
     """Train in place; checkpoints (weights + optimiser + log) go to ``out``; resumes from it if present."""
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
@@ -178,16 +204,26 @@ def train(policy: VLAPolicy, train_eps: Sequence[EpisodeArrays], val_eps: Sequen
 
     def checkpoint() -> None:
         log.seconds = time.perf_counter() - started
-        torch.save({"model": policy.model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "scheduler": scheduler.state_dict(), "log": asdict(log), "step": step,
-                    "python_rng": random.getstate(), "torch_rng": torch.get_rng_state()}, state_path)
+        torch.save(
+            {
+                "model": policy.model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "log": asdict(log),
+                "step": step,
+                "python_rng": random.getstate(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            state_path,
+        )
 
     while step < settings.steps:
         spec = random.choice(specs)
         drawn = random.sample(samples, min(settings.batch_size, len(samples)))
         batch = make_batch(policy, train_eps, drawn)
-        batch["pixel_values"] = random_shift(batch["pixel_values"], len(drawn), policy.config.history,
-                                             len(policy.config.cameras), settings.image_shift)
+        batch["pixel_values"] = random_shift(
+            batch["pixel_values"], len(drawn), policy.config.history, len(policy.config.cameras), settings.image_shift
+        )
         loss, _ = forward_loss(policy, batch, spec)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,8 +242,10 @@ def train(policy: VLAPolicy, train_eps: Sequence[EpisodeArrays], val_eps: Sequen
             log.val_loss.append(val_loss)
             log.val_accuracy.append(val_acc)
             if bar is not None:
-                bar.write(f"step {step}: train loss {np.mean(log.loss[-50:]):.4f}, val loss {val_loss:.4f}, "
-                          f"val action accuracy {val_acc:.3f}")
+                bar.write(
+                    f"step {step}: train loss {np.mean(log.loss[-50:]):.4f}, val loss {val_loss:.4f}, "
+                    f"val action accuracy {val_acc:.3f}"
+                )
         if step % settings.checkpoint_every == 0:
             checkpoint()
         minutes = (time.perf_counter() - started) / 60
@@ -226,7 +264,7 @@ def plot_losses(log: TrainLog, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     window = max(1, len(log.loss) // 100)
     smooth = np.convolve(log.loss, np.ones(window) / window, mode="valid") if log.loss else []
-    a.plot(log.steps[:len(smooth)], smooth, label="train (smoothed)")
+    a.plot(log.steps[: len(smooth)], smooth, label="train (smoothed)")
     a.plot(log.val_steps, log.val_loss, "o-", label="validation")
     a.set_yscale("log")
     a.set_xlabel("step")

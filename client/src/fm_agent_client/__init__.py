@@ -32,8 +32,24 @@ from .v1 import policy_pb2_grpc as pb_grpc
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 
-__all__ = ["ALL_SPEC_LABELS", "MASK_KINDS", "ActResult", "ActStream", "AsyncPolicyClient", "FutureMaskSpec",
-           "MergeOptions", "PolicyClient", "RetryPolicy", "StreamActError", "act_request", "encode_act_request", "encode_image", "mask_options", "pb", "start_request"]
+__all__ = [
+    "ALL_SPEC_LABELS",
+    "MASK_KINDS",
+    "ActResult",
+    "ActStream",
+    "AsyncPolicyClient",
+    "FutureMaskSpec",
+    "MergeOptions",
+    "PolicyClient",
+    "RetryPolicy",
+    "StreamActError",
+    "act_request",
+    "encode_act_request",
+    "encode_image",
+    "mask_options",
+    "pb",
+    "start_request",
+]
 
 
 @dataclass(frozen=True)
@@ -48,12 +64,11 @@ class RetryPolicy:
         """Seconds to wait before another try after failed attempt ``attempt`` (0-based), or None: raise."""
         if code not in RETRYABLE or attempt >= self.retries:
             return None
-        return self.backoff_s * (2 ** attempt) * (0.5 + random.random() / 2)  # exponential, with jitter
+        return self.backoff_s * (2**attempt) * (0.5 + random.random() / 2)  # exponential, with jitter
 
 
 def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)]
+    return [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
 
 
 def _bearer(token: str | None) -> list[tuple[str, str]] | None:
@@ -65,9 +80,16 @@ class PolicyClient:
     which saves about 0.4 ms per unary call when calls are spaced out like a control loop's, the cost of
     waking gRPC's timer thread to arm the deadline; back to back it is not measurable; docs/latency.md)."""
 
-    def __init__(self, address: str, timeout: float | None = 30.0, retries: int = 5, backoff_s: float = 0.1,
-                 token: str | None = None, root_certificates: bytes | None = None,
-                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.1,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         options = _channel_options(max_message_bytes)
         if root_certificates is not None:
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
@@ -93,17 +115,32 @@ class PolicyClient:
     def info(self) -> pb.PolicyInfo:
         return self._call(self.stub.GetInfo, pb.GetInfoRequest())
 
-    def start_episode(self, instruction: str, mask: str | FutureMaskSpec = "", merge: bool = False,
-                      decode_mode: str = "", seed: int = 0, temperature: float | None = None,
-                      **merge_options: Any) -> str:
+    def start_episode(
+        self,
+        instruction: str,
+        mask: str | FutureMaskSpec = "",
+        merge: bool = False,
+        decode_mode: str = "",
+        seed: int = 0,
+        temperature: float | None = None,
+        **merge_options: Any,
+    ) -> str:
         """``mask``: a spec or label such as ``Mf+merge(k=5)`` (see :mod:`fm_agent_client.masks`; "" = the
         server's default); ``temperature``: action sampling (0 = greedy, None = the policy's default);
         ``seed`` seeds it."""
-        return self._call(self.stub.StartEpisode, start_request(instruction, mask, merge, decode_mode, seed,
-                                                                temperature, **merge_options)).episode_id
+        return self._call(
+            self.stub.StartEpisode,
+            start_request(instruction, mask, merge, decode_mode, seed, temperature, **merge_options),
+        ).episode_id
 
-    def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
-            encoding: str = "raw", timeout: float | None = None) -> ActResult:
+    def act(
+        self,
+        episode_id: str,
+        images: Mapping[str, np.ndarray],
+        proprio: Sequence[float] | None = None,
+        encoding: str = "raw",
+        timeout: float | None = None,
+    ) -> ActResult:
         """One control step. Not retried after a server restart: the episode is gone (NOT_FOUND)."""
         request = encode_act_request(episode_id, images, proprio, encoding)
         return ActResult.from_response(self._call(self._act, request, timeout))
@@ -133,9 +170,16 @@ class PolicyClient:
 class AsyncPolicyClient:
     """asyncio twin of :class:`PolicyClient`."""
 
-    def __init__(self, address: str, timeout: float | None = 30.0, retries: int = 5, backoff_s: float = 0.1,
-                 token: str | None = None, root_certificates: bytes | None = None,
-                 max_message_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout: float | None = 30.0,
+        retries: int = 5,
+        backoff_s: float = 0.1,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         options = _channel_options(max_message_bytes)
         if root_certificates is not None:
             self.channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
@@ -161,13 +205,27 @@ class AsyncPolicyClient:
     async def info(self) -> pb.PolicyInfo:
         return await self._call(self.stub.GetInfo, pb.GetInfoRequest())
 
-    async def start_episode(self, instruction: str, mask: str | FutureMaskSpec = "", merge: bool = False,
-                            decode_mode: str = "", seed: int = 0, temperature: float | None = None, **merge_options: Any) -> str:
+    async def start_episode(
+        self,
+        instruction: str,
+        mask: str | FutureMaskSpec = "",
+        merge: bool = False,
+        decode_mode: str = "",
+        seed: int = 0,
+        temperature: float | None = None,
+        **merge_options: Any,
+    ) -> str:
         request = start_request(instruction, mask, merge, decode_mode, seed, temperature, **merge_options)
         return (await self._call(self.stub.StartEpisode, request)).episode_id
 
-    async def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
-                  encoding: str = "raw", timeout: float | None = None) -> ActResult:
+    async def act(
+        self,
+        episode_id: str,
+        images: Mapping[str, np.ndarray],
+        proprio: Sequence[float] | None = None,
+        encoding: str = "raw",
+        timeout: float | None = None,
+    ) -> ActResult:
         response = await self._call(self._act, encode_act_request(episode_id, images, proprio, encoding), timeout)
         return ActResult.from_response(response)
 

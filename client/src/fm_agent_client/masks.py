@@ -60,8 +60,11 @@ class MergeOptions:
     @property
     def text(self) -> str:
         """``(op=..,k=..,slots=..)`` with only the options that differ from the defaults; '' for defaults."""
-        parts = [f"{key}={value}" for key, value, default in
-                 (("op", self.op, "max"), ("k", self.kernel, 3), ("slots", self.slots, 1)) if value != default]
+        parts = [
+            f"{key}={value}"
+            for key, value, default in (("op", self.op, "max"), ("k", self.kernel, 3), ("slots", self.slots, 1))
+            if value != default
+        ]
         return f"({','.join(parts)})" if parts else ""
 
     @classmethod
@@ -137,8 +140,10 @@ class FutureMaskSpec:
         ``Mf+merge(op=max,k=3,slots=1)``; ``merge_options`` fills a bare ``+merge``."""
         match = _LABEL.match(text.strip())
         if match is None:
-            raise ValueError(f"cannot read mask {text!r}: expected KIND, KIND/MODE or KIND+merge[(op=..,k=..,slots=..)] "
-                             f"with KIND one of {MASK_KINDS} and MODE one of {DECODE_MODES}")
+            raise ValueError(
+                f"cannot read mask {text!r}: expected KIND, KIND/MODE or KIND+merge[(op=..,k=..,slots=..)] "
+                f"with KIND one of {MASK_KINDS} and MODE one of {DECODE_MODES}"
+            )
         if match["merge"] and match["mode"]:
             raise ValueError(f"mask {text!r}: a merged mask keeps the KV cache, so it takes no /{match['mode']}")
         merge = None
@@ -150,7 +155,11 @@ class FutureMaskSpec:
         """The wire form (``fm_agent.v1.MaskOptions``)."""
         message = pb.MaskOptions(mask=self.mask, merge=self.merge is not None, decode_mode=self.decode_mode)
         if self.merge is not None:
-            message.merge_op, message.merge_kernel, message.merge_slots = self.merge.op, self.merge.kernel, self.merge.slots
+            message.merge_op, message.merge_kernel, message.merge_slots = (
+                self.merge.op,
+                self.merge.kernel,
+                self.merge.slots,
+            )
         return message
 
     @classmethod
@@ -161,10 +170,16 @@ class FutureMaskSpec:
             return default
         merge = None
         if options.merge:
-            merge = MergeOptions(op=options.merge_op or "max", kernel=options.merge_kernel or 3,  # type: ignore[arg-type]
-                                 slots=options.merge_slots or 1)
-        return cls(mask=options.mask or "causal", merge=merge,  # type: ignore[arg-type]
-                   decode_mode=options.decode_mode or "prefill")  # type: ignore[arg-type]
+            merge = MergeOptions(
+                op=options.merge_op or "max",
+                kernel=options.merge_kernel or 3,  # type: ignore[arg-type]
+                slots=options.merge_slots or 1,
+            )
+        return cls(
+            mask=options.mask or "causal",
+            merge=merge,  # type: ignore[arg-type]
+            decode_mode=options.decode_mode or "prefill",
+        )  # type: ignore[arg-type]
 
 
 CAUSAL = FutureMaskSpec()

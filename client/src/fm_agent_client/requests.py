@@ -30,8 +30,14 @@ def _checked_raw(camera: str, image: Any) -> np.ndarray:
 
 def _image_header(camera: str, image: np.ndarray, encoding: int = pb.Image.RAW) -> dict[str, Any]:
     """Every field of an Image but its data: the message and the byte encoders must agree on them."""
-    return {"camera": camera, "encoding": encoding, "height": image.shape[0], "width": image.shape[1],
-            "channels": 3, "dtype": "uint8"}
+    return {
+        "camera": camera,
+        "encoding": encoding,
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "channels": 3,
+        "dtype": "uint8",
+    }
 
 
 def _stamp(observation: pb.Observation, proprio: Sequence[float] | None) -> None:
@@ -56,8 +62,14 @@ def encode_image(camera: str, image: np.ndarray, encoding: str = "raw", quality:
     return pb.Image(data=buffer.getvalue(), **_image_header(camera, image, kind[1]))
 
 
-def mask_options(mask: str | FutureMaskSpec = "", merge: bool = False, decode_mode: str = "", merge_op: str = "",
-                 merge_kernel: int = 0, merge_slots: int = 0) -> pb.MaskOptions:
+def mask_options(
+    mask: str | FutureMaskSpec = "",
+    merge: bool = False,
+    decode_mode: str = "",
+    merge_op: str = "",
+    merge_kernel: int = 0,
+    merge_slots: int = 0,
+) -> pb.MaskOptions:
     """The wire form of a mask request.
 
     ``mask`` is a :class:`FutureMaskSpec` or a label (``Mf+merge(k=5)``, ``Mv2t/full``: parsed here,
@@ -66,25 +78,39 @@ def mask_options(mask: str | FutureMaskSpec = "", merge: bool = False, decode_mo
     """
     separate = merge or decode_mode or merge_op or merge_kernel or merge_slots
     if isinstance(mask, str) and not any(mark in mask for mark in "+/("):
-        return pb.MaskOptions(mask=mask, merge=merge, decode_mode=decode_mode, merge_op=merge_op,
-                              merge_kernel=merge_kernel, merge_slots=merge_slots)
+        return pb.MaskOptions(
+            mask=mask,
+            merge=merge,
+            decode_mode=decode_mode,
+            merge_op=merge_op,
+            merge_kernel=merge_kernel,
+            merge_slots=merge_slots,
+        )
     if separate:
         raise ValueError(f"mask {str(mask)!r} is a full spec already; leave merge/decode_mode/merge_* unset")
     return (mask if isinstance(mask, FutureMaskSpec) else FutureMaskSpec.parse(mask)).to_message()
 
 
-def start_request(instruction: str, mask: str | FutureMaskSpec = "", merge: bool = False, decode_mode: str = "",
-                  seed: int = 0,
-                  temperature: float | None = None, **merge_options: Any) -> pb.StartEpisodeRequest:
-    request = pb.StartEpisodeRequest(instruction=instruction, seed=seed,
-                                     mask=mask_options(mask, merge, decode_mode, **merge_options))
+def start_request(
+    instruction: str,
+    mask: str | FutureMaskSpec = "",
+    merge: bool = False,
+    decode_mode: str = "",
+    seed: int = 0,
+    temperature: float | None = None,
+    **merge_options: Any,
+) -> pb.StartEpisodeRequest:
+    request = pb.StartEpisodeRequest(
+        instruction=instruction, seed=seed, mask=mask_options(mask, merge, decode_mode, **merge_options)
+    )
     if temperature is not None:
         request.temperature = temperature
     return request
 
 
-def act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
-                encoding: str = "raw") -> pb.ActRequest:
+def act_request(
+    episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None, encoding: str = "raw"
+) -> pb.ActRequest:
     """Builds the request in place: handing finished Image messages to a parent message copies every
     image again (upb copies sub-messages), which cost ~0.3 ms per step for two 224x224 frames."""
     request = pb.ActRequest(episode_id=episode_id)
@@ -105,8 +131,12 @@ SERVICE_PATH = "/" + pb.DESCRIPTOR.services_by_name["PolicyService"].full_name +
 def prebuilt(channel: Any, kind: str, method: str) -> Any:
     """A multi-callable for ``method`` that sends request bytes as they are (from :func:`encode_act_request`);
     registered with the channel once, as the generated stub's are (grpcio-tools emits the same flag)."""
-    return getattr(channel, kind)(SERVICE_PATH + method, request_serializer=None,
-                                  response_deserializer=pb.ActResponse.FromString, _registered_method=True)
+    return getattr(channel, kind)(
+        SERVICE_PATH + method,
+        request_serializer=None,
+        response_deserializer=pb.ActResponse.FromString,
+        _registered_method=True,
+    )
 
 
 def _varint(value: int) -> bytes:
@@ -128,8 +158,9 @@ _IMAGES_KEY = _length_delimited_key(pb.Observation, "images")
 _DATA_KEY = _length_delimited_key(pb.Image, "data")
 
 
-def encode_act_request(episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
-                       encoding: str = "raw") -> bytes:
+def encode_act_request(
+    episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None, encoding: str = "raw"
+) -> bytes:
     """``act_request(...).SerializeToString()``, with RAW frames copied once, from their arrays.
 
     Protobuf's own serializer writes every part except the frame data; each frame goes in as a
@@ -149,5 +180,11 @@ def encode_act_request(episode_id: str, images: Mapping[str, np.ndarray], propri
     _stamp(rest, proprio)
     pieces.append(rest.SerializeToString())
     observation_length = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
-    return b"".join([pb.ActRequest(episode_id=episode_id).SerializeToString(), _OBSERVATION_KEY,
-                     _varint(observation_length), *pieces])
+    return b"".join(
+        [
+            pb.ActRequest(episode_id=episode_id).SerializeToString(),
+            _OBSERVATION_KEY,
+            _varint(observation_length),
+            *pieces,
+        ]
+    )

@@ -23,6 +23,12 @@ class ActResult:
         else:
             actions = np.asarray(response.actions, dtype=np.float32).reshape(response.chunk, response.dims)
         lat = response.latency
-        latency = {"queue_ms": lat.queue_ms, "preprocess_ms": lat.preprocess_ms, "prefill_ms": lat.prefill_ms,
-                   "decode_ms": lat.decode_ms, "server_ms": lat.server_ms, "batch_size": lat.batch_size}
+        latency = {
+            "queue_ms": lat.queue_ms,
+            "preprocess_ms": lat.preprocess_ms,
+            "prefill_ms": lat.prefill_ms,
+            "decode_ms": lat.decode_ms,
+            "server_ms": lat.server_ms,
+            "batch_size": lat.batch_size,
+        }
         return cls(actions, response.step, latency, response)

@@ -60,12 +60,22 @@ class _CallerDrivenStream:
 
         self._cygrpc = cygrpc
         metadata = tuple(metadata or ())
-        start = (((cygrpc.SendInitialMetadataOperation(metadata, 0),), "metadata"),
-                 ((cygrpc.ReceiveInitialMetadataOperation(0),), "initial_metadata"),
-                 ((cygrpc.ReceiveStatusOnClientOperation(0),), "status"))
+        start = (
+            ((cygrpc.SendInitialMetadataOperation(metadata, 0),), "metadata"),
+            ((cygrpc.ReceiveInitialMetadataOperation(0),), "initial_metadata"),
+            ((cygrpc.ReceiveStatusOnClientOperation(0),), "status"),
+        )
         self._call = channel._channel.segregated_call(  # noqa: SLF001
-            cygrpc.PropagationConstants.GRPC_PROPAGATE_DEFAULTS, METHOD.encode(), None, None, metadata, None,
-            start, cygrpc.build_census_context(), None)
+            cygrpc.PropagationConstants.GRPC_PROPAGATE_DEFAULTS,
+            METHOD.encode(),
+            None,
+            None,
+            metadata,
+            None,
+            start,
+            cygrpc.build_census_context(),
+            None,
+        )
         self._due = {"metadata", "initial_metadata", "status"}
         self.status: StreamActError | None = None
 
@@ -81,8 +91,9 @@ class _CallerDrivenStream:
             self._due.discard(event.tag)
             if event.tag == "status":
                 operation = event.batch_operations[0]
-                self.status = StreamActError(_CODES.get(operation.code(), grpc.StatusCode.UNKNOWN),
-                                             operation.details() or "")
+                self.status = StreamActError(
+                    _CODES.get(operation.code(), grpc.StatusCode.UNKNOWN), operation.details() or ""
+                )
             if event.tag == tag:
                 return event
         return None
@@ -179,8 +190,13 @@ class ActStream:
         self._stream = _open(channel, metadata, driver)
         self.driver = "caller" if isinstance(self._stream, _CallerDrivenStream) else "threaded"
 
-    def act(self, episode_id: str, images: Mapping[str, np.ndarray], proprio: Sequence[float] | None = None,
-            encoding: str = "raw") -> ActResult:
+    def act(
+        self,
+        episode_id: str,
+        images: Mapping[str, np.ndarray],
+        proprio: Sequence[float] | None = None,
+        encoding: str = "raw",
+    ) -> ActResult:
         return ActResult.from_response(self._stream.step(encode_act_request(episode_id, images, proprio, encoding)))
 
     def close(self) -> None:
