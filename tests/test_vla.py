@@ -9,6 +9,7 @@ import torch
 from fm_agent.attention import ALL_SPEC_LABELS, FutureMaskSpec
 from fm_agent.data.episodes import EpisodeArrays
 from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
+from fm_agent.model.history import padded
 from fm_agent.training.loop import TrainSettings, forward_loss, make_batch, train
 
 TINY = BackboneShape(
@@ -203,7 +204,10 @@ def test_prompt_order_decides_whether_causal_image_tokens_see_the_instruction(or
         inputs = policy.encode([Observation(shown, instruction)])
         visual = inputs["input_ids"][0] == policy.image_token_id
         ids = inputs["input_ids"][0].tolist()
-        first_image, instruction_at = ids.index(policy.image_token_id), ids.index(policy._ids["<instruction>"])
+        first_image, instruction_at = (
+            ids.index(policy.image_token_id),
+            ids.index(policy.tokenizer.convert_tokens_to_ids("<instruction>")),
+        )
         assert (instruction_at < first_image) == (order == "instruction_first")
         with torch.no_grad():
             hidden = policy.model(**inputs, output_hidden_states=True).hidden_states[-1][0]
@@ -293,8 +297,8 @@ def test_training_histories_match_what_the_server_keeps(chunk: int) -> None:
     episode = EpisodeArrays("pick", {"image": video}, None, np.zeros(steps, np.int64), {})
     live = EpisodeStore(history).start("pick", FutureMaskSpec("causal"), 0, 0.0)
     for step in range(0, steps, chunk):  # the steps at which the client calls Act
-        served = live.frames_with({"image": video[step]})
-        served = policy._history(served)  # padded as the model pads a young episode
+        served = live.history.with_frame({"image": video[step]})
+        served = padded(served, history)  # padded as the model pads a young episode
         trained = history_frames(episode, step, history, stride=chunk)
         assert [int(f["image"][0, 0, 0]) for f in trained] == [int(f["image"][0, 0, 0]) for f in served]
         live.history.append({"image": video[step]})

@@ -7,6 +7,7 @@ timed separately and the two paths checked against each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -112,6 +113,37 @@ def _grow(per_token: torch.Tensor, length: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def continue_decoding(
+    model: torch.nn.Module,
+    context: FutureAttention,
+    logits: torch.Tensor,
+    cache: DynamicCache | None,
+    sequence: torch.Tensor,
+    n_tokens: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+    attention_mask: torch.Tensor | None = None,
+    **model_inputs: Any,
+) -> torch.Tensor:
+    """The ``n_tokens`` tokens that follow a :func:`prefill` of ``sequence`` (B, L) -> (B, n_tokens).
+
+    ``choose`` turns one step's logits (B, V) into the next ids (B, 1): greedy, sampled, or kept to
+    a vocabulary range (a policy's action tokens). The last chosen token is not fed back, since
+    nothing reads the logits after it.
+    """
+    chosen = []
+    for step in range(n_tokens):
+        token = choose(logits)  # (B, 1)
+        chosen.append(token)
+        if step + 1 == n_tokens:
+            break
+        sequence = torch.cat([sequence, token], dim=-1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1)
+        logits = decode_one_token(model, context, sequence, cache, attention_mask, **model_inputs)
+    return torch.cat(chosen, dim=-1)
+
+
+@torch.no_grad()
 def decode_n_tokens(
     model: torch.nn.Module,
     spec: FutureMaskSpec,
@@ -124,12 +156,13 @@ def decode_n_tokens(
     """Greedy decoding spelled out. Returns the new tokens (B, N) and each step's logits [(B, V)] * N."""
     context = FutureAttention(spec, visual if visual is not None else visual_token_mask(model.config, input_ids))
     logits, cache = prefill(model, context, input_ids, attention_mask=attention_mask, **model_inputs)
-    sequence, steps = input_ids, [logits]
-    for _ in range(max_new_tokens - 1):
-        sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], dim=-1)
-        if attention_mask is not None:
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1)
-        logits = decode_one_token(model, context, sequence, cache, attention_mask, **model_inputs)
-        steps.append(logits)
-    tokens = torch.stack([step.argmax(-1) for step in steps], dim=-1)
+    steps: list[torch.Tensor] = []
+
+    def greedy(step_logits: torch.Tensor) -> torch.Tensor:
+        steps.append(step_logits)
+        return step_logits.argmax(-1, keepdim=True)
+
+    tokens = continue_decoding(
+        model, context, logits, cache, input_ids, max_new_tokens, greedy, attention_mask, **model_inputs
+    )
     return tokens, steps

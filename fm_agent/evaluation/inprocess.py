@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from fm_agent_client.masks import FutureMaskSpec
 
 from ..model import Observation, VLAPolicy, step_generator
+from ..model.history import EpisodeHistory
 
 
 class InProcessActor:
@@ -20,7 +20,7 @@ class InProcessActor:
     def __init__(self, policy: VLAPolicy, spec: FutureMaskSpec, temperature: float | None = None) -> None:
         self.policy, self.spec = policy, spec
         self.temperature = policy.config.temperature if temperature is None else temperature
-        self.frames: deque = deque(maxlen=policy.config.history)
+        self.frames = EpisodeHistory(policy.config.history)
         self.instruction = ""
         self.seed, self.steps = 0, 0
 

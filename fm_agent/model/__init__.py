@@ -2,6 +2,7 @@
 
 from .action_tokenizer import ActionTokenizer
 from .configuration_vla import BackboneShape, VLAConfig
+from .history import EpisodeHistory
 from .modeling_vla import (
     ActionResult,
     Observation,
@@ -11,15 +12,18 @@ from .modeling_vla import (
     fit_image,
     step_generator,
 )
+from .processor import VLAProcessor
 
 __all__ = [
     "ActionResult",
     "ActionTokenizer",
     "BackboneShape",
+    "EpisodeHistory",
     "Observation",
     "PreparedObservation",
     "VLAConfig",
     "VLAPolicy",
+    "VLAProcessor",
     "build_backbone",
     "fit_image",
     "step_generator",

@@ -1,8 +1,10 @@
 """The VLA: a transformers LLaVA backbone, a word-level tokenizer and an action tokenizer.
 
-``VLAPolicy.predict_action`` is the one verb the server and the evaluation loops use. It builds
-the multi-frame prompt, runs prefill and constrained greedy decoding of the action tokens under
-the requested attention mask, and returns actions with a timing breakdown.
+``VLAPolicy.predict`` is the one verb the server and the evaluation loops use. Its processor
+(``processor.py``) builds the multi-frame prompt; the policy then runs prefill and decoding of the
+action tokens under the requested attention mask through the generation helpers
+(``fm_agent.attention.generation``), constrained to action tokens, greedy or sampled, and returns
+actions with a timing breakdown.
 
 ``predict`` is ``prepare`` (per observation: validation, prompt ids, pixels) followed by
 ``predict_prepared`` (one batched forward). The server calls the two apart, so a malformed request
@@ -12,7 +14,7 @@ is refused on its own before it can join, and fail, a batch of other clients' re
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,47 +30,12 @@ from transformers import (
 )
 
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
-from ..attention.generation import decode_one_token, prefill
+from ..attention.generation import continue_decoding, prefill
 from .action_tokenizer import ActionTokenizer
 from .configuration_vla import VLAConfig
-from .text_tokenizer import (
-    ACTION,
-    BOS,
-    FRAME,
-    IMAGE,
-    INSTRUCTION,
-    PROPRIO,
-    QUERY,
-    build_tokenizer,
-    proprio_token,
-    words,
-)
-
-Frame = Mapping[str, np.ndarray]  # camera name -> (H, W, 3) uint8
-
-
-@dataclass
-class Observation:
-    """One control step's input: frames oldest first (the last is the current one)."""
-
-    frames: Sequence[Frame]
-    instruction: str
-    proprio: np.ndarray | None = None
-    # Action sampling: 0 = greedy. A deterministic policy that reads a short history can loop forever
-    # in a partially observed world (turn left, turn right, ...); sampling from its own distribution
-    # breaks such loops. ``generator`` makes an episode's draws reproducible.
-    temperature: float = 0.0
-    generator: torch.Generator | None = None
-
-
-@dataclass
-class PreparedObservation:
-    """An observation checked and turned into model inputs, ready to join a batch."""
-
-    prompt: list[int]  # ids, no padding
-    pixels: torch.Tensor  # (history * cameras, 3, S, S) in [-1, 1]
-    temperature: float = 0.0
-    generator: torch.Generator | None = None
+from .history import Frame
+from .processor import Observation, PreparedObservation, VLAProcessor, fit_image
+from .text_tokenizer import IMAGE, build_tokenizer
 
 
 @dataclass
@@ -87,22 +54,6 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([seed % 2**64, step % 2**64]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
-
-
-def fit_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: the camera image resized the way the model's pixels are made.
-
-    Frames of any size are accepted and fitted once, when they arrive; the history then holds
-    model-sized frames only, so a camera that changes resolution mid-episode costs nothing and an
-    episode's memory does not depend on what a client sends.
-    """
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    pixels = torch.nn.functional.interpolate(
-        pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return pixels[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def build_backbone(
@@ -150,12 +101,10 @@ class VLAPolicy:
         self.model = enable_future_attention(model).eval()
         self.tokenizer = tokenizer
         self.config = config
-        self.actions = ActionTokenizer.from_dict(config.action_tokenizer)
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
-        self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS, FRAME, INSTRUCTION, PROPRIO, ACTION, QUERY)}
-        self._proprio_base = tokenizer.convert_tokens_to_ids(proprio_token(0))
-        if self.parallel and self._ids[QUERY] in (None, tokenizer.unk_token_id):
-            raise ValueError(f"action_head 'parallel' needs the {QUERY} token, which this checkpoint's tokenizer lacks")
+        max_positions = model.config.get_text_config().max_position_embeddings
+        self.processor = VLAProcessor(tokenizer, config, max_positions)
+        self.actions = self.processor.actions
+        self.image_token_id = self.processor.image_token_id
 
     @property
     def parallel(self) -> bool:
@@ -192,80 +141,21 @@ class VLAPolicy:
         model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
         return cls(model, tokenizer, config)
 
-    # -- prompt -----------------------------------------------------------------------------------
-    def _history(self, frames: Sequence[Frame]) -> list[Frame]:
-        if not frames:
-            raise ValueError("an observation needs at least one frame")
-        frames = list(frames)[-self.config.history :]
-        return [frames[0]] * (self.config.history - len(frames)) + frames
-
+    # -- inputs (the processor's; kept here so a policy is one object to hand around) ---------------
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
-        if not instruction or not instruction.strip():
-            raise ValueError("the instruction is empty")
-        text = [self._ids[INSTRUCTION], *self.tokenizer.convert_tokens_to_ids(words(instruction))]
-        frame = [self._ids[FRAME], *[self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))]
-        frames = frame * self.config.history
-        ids = [self._ids[BOS], *(text + frames if self.config.prompt_order == "instruction_first" else frames + text)]
-        if self.config.proprio_dim:
-            ids.append(self._ids[PROPRIO])
-            ids += (self._proprio_bins(proprio) + self._proprio_base).tolist()
-        ids.append(self._ids[ACTION])
-        if self.parallel:
-            ids += [self._ids[QUERY]] * self.actions.tokens_per_call
-        return ids
-
-    def _proprio_bins(self, proprio: np.ndarray | None) -> np.ndarray:
-        if proprio is None:
-            raise ValueError(f"this policy needs proprio ({self.config.proprio_dim} floats)")
-        proprio = np.asarray(proprio, dtype=np.float64).reshape(-1)
-        if proprio.shape[0] != self.config.proprio_dim or not np.all(np.isfinite(proprio)):
-            raise ValueError(f"proprio must be {self.config.proprio_dim} finite floats, got {proprio.shape[0]}")
-        low, high = np.asarray(self.config.proprio_low), np.asarray(self.config.proprio_high)
-        unit = np.clip((proprio - low) / np.maximum(high - low, 1e-6), 0, 1)
-        return np.minimum((unit * self.config.proprio_bins).astype(np.int64), self.config.proprio_bins - 1)
+        return self.processor.prompt_ids(instruction, proprio)
 
     def check_frame(self, frame: Frame) -> dict[str, np.ndarray]:
-        """The frame's cameras in config order, each fitted to the model's image size."""
-        fitted = {}
-        for camera in self.config.cameras:
-            if camera not in frame:
-                raise ValueError(f"frame lacks camera {camera!r} (expected {self.config.cameras})")
-            image = np.asarray(frame[camera])
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
-                raise ValueError(f"camera {camera!r}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
-            fitted[camera] = fit_image(image, self.config.image_size)
-        return fitted
-
-    def pixel_values(self, frames: Sequence[Frame]) -> torch.Tensor:
-        """(history * cameras, 3, S, S) in [-1, 1], frames oldest first, cameras in config order."""
-        images = [image for frame in self._history(frames) for image in self.check_frame(frame).values()]
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        return self.processor.check_frame(frame)
 
     def prompt_capacity(self) -> int:
-        """How many instruction words the model's context holds beside the rest of the prompt and the
-        decoded action tokens (the bound a server puts on instructions)."""
-        context = self.model.config.get_text_config().max_position_embeddings
-        fixed = len(self.prompt_ids("x", np.zeros(self.config.proprio_dim) if self.config.proprio_dim else None)) - 1
-        return context - fixed - (0 if self.parallel else self.actions.tokens_per_call)
+        return self.processor.prompt_capacity()
 
     def prepare(self, observation: Observation) -> PreparedObservation:
-        """Validate one observation and build its model inputs; raises ValueError saying what is wrong."""
-        return PreparedObservation(
-            self.prompt_ids(observation.instruction, observation.proprio),
-            self.pixel_values(observation.frames),
-            observation.temperature,
-            observation.generator,
-        )
+        return self.processor.prepare(observation)
 
     def encode(self, observations: Sequence[Observation | PreparedObservation]) -> dict[str, torch.Tensor]:
-        """A left-padded batch: input_ids, attention_mask (B, L) and pixel_values (B * n_images, 3, S, S)."""
-        prepared = [o if isinstance(o, PreparedObservation) else self.prepare(o) for o in observations]
-        length = max(len(p.prompt) for p in prepared)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (length - len(p.prompt)) + p.prompt for p in prepared])
-        attention_mask = torch.tensor([[0] * (length - len(p.prompt)) + [1] * len(p.prompt) for p in prepared])
-        pixels = torch.cat([p.pixels for p in prepared])
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixels}
+        return self.processor.encode(observations)
 
     # -- acting -----------------------------------------------------------------------------------
     def predict(self, observations: Sequence[Observation], spec: FutureMaskSpec | None = None) -> list[ActionResult]:
@@ -299,17 +189,18 @@ class VLAPolicy:
         )
         t_prefill = time.perf_counter()
         lo, hi = self.actions.token_range()
-        sequence, mask, chosen = inputs["input_ids"], inputs["attention_mask"], []
-        for step in range(self.actions.tokens_per_call):
-            token = self._choose(logits[:, lo:hi], observations) + lo  # only action tokens are valid
-            chosen.append(token)
-            if step + 1 == self.actions.tokens_per_call:
-                break
-            sequence = torch.cat([sequence, token], dim=-1)
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-            logits = decode_one_token(self.model, context, sequence, cache, mask, **model_inputs)
+        tokens = continue_decoding(
+            self.model,
+            context,
+            logits,
+            cache,
+            inputs["input_ids"],
+            self.actions.tokens_per_call,
+            lambda step_logits: self._choose(step_logits[:, lo:hi], observations) + lo,  # action tokens only
+            inputs["attention_mask"],
+            **model_inputs,
+        ).numpy()
         end = time.perf_counter()
-        tokens = torch.cat(chosen, dim=-1).numpy()
         timings = {
             "preprocess_ms": (t_pre - start) * 1e3,
             "prefill_ms": (t_prefill - t_pre) * 1e3,
@@ -379,3 +270,14 @@ class VLAPolicy:
         """One observation; ``merge`` is a MergeOptions or None."""
         spec = FutureMaskSpec(mask=mask, decode_mode=decode_mode, merge=merge)  # type: ignore[arg-type]
         return self.predict([Observation(frames, instruction, proprio, temperature, generator)], spec)[0]
+
+
+__all__ = [
+    "ActionResult",
+    "Observation",
+    "PreparedObservation",
+    "VLAPolicy",
+    "build_backbone",
+    "fit_image",
+    "step_generator",
+]

@@ -11,13 +11,12 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 
 from ..attention import FutureMaskSpec
+from ..model.history import EpisodeHistory
 from .errors import RequestError
 from .limits import shorten
 
@@ -27,16 +26,12 @@ class Episode:
     id: str
     instruction: str
     spec: FutureMaskSpec
-    history: deque  # of {camera: (S, S, 3) uint8}, oldest first, at most the model's history length
+    history: EpisodeHistory  # of {camera: (S, S, 3) uint8}, fitted on arrival, at most the model's history
     seed: int = 0  # step i samples from step_generator(seed, i): refused or cancelled calls shift nothing
     temperature: float = 0.0  # action sampling; 0 = greedy
     steps: int = 0
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one step at a time per episode
-
-    def frames_with(self, frame: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """The history as it will be once ``frame`` is committed (the history itself is unchanged)."""
-        return [*self.history, frame][-self.history.maxlen :]
 
 
 class EpisodeStore:
@@ -56,7 +51,7 @@ class EpisodeStore:
                 f"{self.idle_timeout_s:.0f} s idle timeout",
             )
         seed = seed or secrets.randbits(63)
-        episode = Episode(uuid.uuid4().hex, instruction, spec, deque(maxlen=self.history), seed, temperature)
+        episode = Episode(uuid.uuid4().hex, instruction, spec, EpisodeHistory(self.history), seed, temperature)
         self._episodes[episode.id] = episode
         return episode
 

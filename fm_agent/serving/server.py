@@ -209,7 +209,7 @@ class PolicyServicer:
             frame = self.policy.check_frame(frame)
             generator = step_generator(episode.seed, episode.steps) if episode.temperature > 0 else None
             observation = Observation(
-                episode.frames_with(frame), episode.instruction, proprio, episode.temperature, generator
+                episode.history.with_frame(frame), episode.instruction, proprio, episode.temperature, generator
             )
             return frame, self.policy.prepare(observation)
         except ValueError as error:
