@@ -81,7 +81,7 @@ class BabyAIEnv(gym.Env):
         self.render_mode = render_mode
         with contextlib.redirect_stdout(io.StringIO()):
             self._env = gym.make(level, max_steps=max_steps) if max_steps else gym.make(level)
-        self.unwrapped_env = self._env.unwrapped
+        self.unwrapped_env: Any = self._env.unwrapped  # minigrid's MiniGridEnv (untyped)
         self.observation_space = spaces.Dict(
             {
                 "image": image_space(image_size),

@@ -98,7 +98,7 @@ def _collect_shard(
     try:
         for index in indices:
             init_state = init_states[index % len(init_states)] if init_states else None
-            limit = max_steps or getattr(env, "max_steps", 1000)
+            limit: int = max_steps if max_steps else getattr(env, "max_steps", 1000)
             episode = dagger_episode(env, expert, actor, env_name, index, base_seed + index, limit, beta, init_state)
             kept = bool(len(episode.actions))  # the bot may give up before labelling anything
             if kept:

@@ -258,7 +258,7 @@ class LiberoEnv(gym.Env):
                     return real(cache)
                 return self.raw_observation[name]  # never read: the caller skipped this step's images
 
-            sensor.__modality__ = real.__modality__
+            sensor.__modality__ = real.__modality__  # type: ignore[attr-defined]
             env.modify_observable(name, "sensor", sensor)
 
     def step(self, action, *, render: bool = True):

@@ -154,7 +154,7 @@ def run_expert_episode(
         return action, np.clip(executed, -1.0, 1.0)
 
     observations, actions, rewards, success, info = labelled_rollout(
-        env, obs, info, decide, max_steps or getattr(env, "max_steps", 1000)
+        env, obs, info, decide, max_steps if max_steps else getattr(env, "max_steps", 1000)
     )
     metadata = {**episode_metadata(info), **({"action_noise": action_noise} if action_noise else {})}
     return Episode(

@@ -68,7 +68,7 @@ def make_env(name: str, **kwargs: Any):
     if parsed.family == "libero":
         from .libero_env import LiberoEnv
 
-        return LiberoEnv(parsed.suite, parsed.task_id, **kwargs)
+        return LiberoEnv(parsed.suite, parsed.task_id or 0, **kwargs)
     from .babyai_env import BabyAIEnv
 
     check_babyai_level(parsed.suite)

@@ -33,7 +33,7 @@ def parse(argv: Sequence[str], prog: str = PROG) -> tuple[str, object]:
         raise SystemExit(0 if argv else 2)
     name = argv[0]
     config_class = JOBS[name].config_class()
-    config = tyro.cli(config_class, args=list(argv[1:]), prog=f"{prog} {name}" if prog == PROG else prog)
+    config: object = tyro.cli(config_class, args=list(argv[1:]), prog=f"{prog} {name}" if prog == PROG else prog)
     return name, config
 
 
@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         name, config = parse(argv, prog)
+    except SystemExit as done:  # --help (0), or flags tyro refused with its own message (2)
+        return done.code if isinstance(done.code, int) else 2
     except (ValueError, TypeError) as error:  # a config dataclass refused its values while being built
         print(f"{prog} {argv[0]}: {error}", file=sys.stderr)
         return 2

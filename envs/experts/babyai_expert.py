@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..babyai_env import BabyAIEnv
 from . import ExpertGaveUp
 
@@ -20,7 +22,7 @@ class BabyAIExpert:
     def __init__(self, env: BabyAIEnv, keep_opened_doors: bool = False) -> None:
         self.env = env
         self.keep_opened_doors = keep_opened_doors
-        self._bot = None
+        self._bot: Any = None  # minigrid's BabyAIBot, built per episode
 
     def reset(self) -> None:
         from minigrid.utils.baby_ai_bot import BabyAIBot

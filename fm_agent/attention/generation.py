@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 
 from fm_agent_client.masks import FutureMaskSpec
 
@@ -35,14 +35,14 @@ def visual_token_mask(config: Any, input_ids: torch.Tensor) -> torch.Tensor:
     return torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
 
 
-def future_attention_for(model: torch.nn.Module, input_ids: torch.Tensor, spec: FutureMaskSpec) -> FutureAttention:
+def future_attention_for(model: PreTrainedModel, input_ids: torch.Tensor, spec: FutureMaskSpec) -> FutureAttention:
     """The per-request context for ``input_ids`` (the full prompt, placeholders expanded)."""
     return FutureAttention(spec, visual_token_mask(model.config, input_ids))
 
 
 @torch.no_grad()
 def generate_with_mask(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     spec: FutureMaskSpec,
     input_ids: torch.Tensor,
     visual: torch.Tensor | None = None,
@@ -58,12 +58,12 @@ def generate_with_mask(
             )
         generate_kwargs["use_cache"] = False
     with use_future_attention(context):
-        return model.generate(input_ids=input_ids, **generate_kwargs)
+        return model.generate(input_ids=input_ids, **generate_kwargs)  # type: ignore[operator]
 
 
 @torch.no_grad()
 def prefill(
-    model: torch.nn.Module, context: FutureAttention, input_ids: torch.Tensor, **model_inputs: Any
+    model: PreTrainedModel, context: FutureAttention, input_ids: torch.Tensor, **model_inputs: Any
 ) -> tuple[torch.Tensor, DynamicCache | None]:
     """Run the prompt once. Returns last-position logits (B, V) and the cache (None in ``full`` mode)."""
     use_cache = not context.spec.needs_full_recompute
@@ -76,7 +76,7 @@ def prefill(
 
 @torch.no_grad()
 def decode_one_token(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     context: FutureAttention,
     sequence: torch.Tensor,
     cache: DynamicCache | None,
@@ -114,7 +114,7 @@ def _grow(per_token: torch.Tensor, length: int) -> torch.Tensor:
 
 @torch.no_grad()
 def continue_decoding(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     context: FutureAttention,
     logits: torch.Tensor,
     cache: DynamicCache | None,
@@ -145,7 +145,7 @@ def continue_decoding(
 
 @torch.no_grad()
 def decode_n_tokens(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     spec: FutureMaskSpec,
     input_ids: torch.Tensor,
     max_new_tokens: int,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
@@ -49,6 +49,7 @@ def pooled_sink_bias(query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan
     in fp32 as the paper specifies.
     """
     layout = plan.merge
+    assert layout is not None  # only merged plans carry a sink bias
     batch, heads, q_len, dim = query.shape
     kv_heads, rows = key.shape[1], layout.rows.shape[1]
     index = layout.rows[:, None, :, None].expand(-1, heads, -1, dim)
@@ -65,6 +66,7 @@ def fold_sink_bias(
     query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan, scaling: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Append the merge channels: returns (B, H, Q, D + slots) queries and (B, Hkv, K, D + slots) keys."""
+    assert plan.merge is not None and plan.sink_keys is not None
     bias = pooled_sink_bias(query, key, plan, scaling) / scaling  # (B, H, R, slots)
     slots = bias.shape[-1]
     extra = query.new_zeros(*query.shape[:3], slots)
@@ -132,6 +134,7 @@ def future_eager_attention(
             )
         logits = logits + mask[:, :, :, : key.shape[-2]]
     if plan is not None and plan.merge is not None:
+        assert plan.sink_keys is not None  # built with the merge layout
         bias = pooled_sink_bias(query, key, plan, scaling)  # (B, H, R, slots)
         rows = plan.merge.rows[:, None, :, None].expand(-1, query.shape[1], -1, key.shape[2])
         columns = torch.matmul(bias, plan.sink_keys.transpose(-1, -2))  # (B, H, R, K): bias on sink columns
@@ -154,7 +157,7 @@ def register_future_attention() -> None:
     AttentionMaskInterface.register(EAGER_IMPLEMENTATION, eager_mask)
 
 
-def enable_future_attention(model: nn.Module, backend: str = "sdpa") -> nn.Module:
+def enable_future_attention(model: PreTrainedModel, backend: str = "sdpa") -> PreTrainedModel:
     """Switch the language model of ``model`` to future-aware attention; the vision tower is untouched.
 
     The switch itself changes nothing numerically: until a request activates a

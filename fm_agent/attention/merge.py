@@ -111,11 +111,14 @@ def merge_future_scores(scores: torch.Tensor, layout: MergeLayout) -> torch.Tens
         if options.slots == 1:
             pooled = scores.masked_fill(~layout.admitted[:, None], float("-inf")).amax(-1, keepdim=True)
         else:
+            assert layout.key_slot is not None  # built for max with several slots
             index = layout.key_slot[:, None].expand(-1, heads, -1, -1)
             pooled = scores.new_full((*scores.shape[:3], options.slots + 1), float("-inf"))
             pooled = pooled.scatter_reduce(-1, index, scores, reduce="amax", include_self=True)[..., : options.slots]
         return torch.where(torch.isfinite(pooled), pooled, torch.zeros_like(pooled))
 
+    assert layout.key_window is not None and layout.window_count is not None  # built for mean
+    assert layout.window_slot is not None and layout.slot_windows is not None
     windows = layout.window_count.shape[-1]
     index = layout.key_window[:, None].expand(-1, heads, -1, -1)
     sums = scores.new_zeros((*scores.shape[:3], windows + 1))
@@ -140,6 +143,7 @@ def max_future_scores(
     the keys after its first row, skipping the lower triangle that is never admitted.
     Returns (B, H, R, 1) fp32, 0 for rows with nothing admitted.
     """
+    assert layout.additive is not None  # the (max, one slot) layout
     batch, heads, rows, _ = visual_queries.shape
     out = visual_queries.new_full((batch, heads, rows, 1), float("-inf"))
     for b in range(batch):

@@ -26,6 +26,8 @@ class GrpcActor:
         )
 
     def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+        if self.episode_id is None:
+            raise RuntimeError("act() before start_episode()")
         images = {c: observation[c] for c in self.cameras}
         proprio = observation.get("proprio") if self.proprio_dim else None
         result = self.client.act(self.episode_id, images, proprio)

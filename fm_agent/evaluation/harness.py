@@ -66,7 +66,8 @@ VIDEO_SIZE = 256  # pixels per side of saved LIBERO videos
 def _save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    fourcc = cv2.VideoWriter_fourcc(*"mp4v")  # type: ignore[attr-defined]
+    writer = cv2.VideoWriter(str(path), fourcc, fps, (w, h))
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
@@ -79,7 +80,8 @@ class _Recorder:
     supports_blind_steps = False  # a video needs every frame
 
     def __init__(self, env, camera: str) -> None:
-        self.env, self.camera, self.frames = env, camera, []
+        self.env, self.camera = env, camera
+        self.frames: list[np.ndarray] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.env, name)
@@ -117,7 +119,7 @@ def run_jobs(
     client = PolicyClient(address, retries=8, backoff_s=0.25)
     try:
         for job in jobs:
-            row = None
+            row: dict[str, Any] = {}
             for attempt in range(retries + 1):
                 try:
                     if job.env not in envs:
@@ -125,13 +127,13 @@ def run_jobs(
                     if job.mask not in actors:
                         actors[job.mask] = GrpcActor(client, FutureMaskSpec.parse(job.mask), temperature)
                     env = envs[job.env]
-                    keep_video = video_camera is not None and job.episode < videos
-                    target = _Recorder(env, video_camera) if keep_video else env
+                    recorder = _Recorder(env, video_camera) if video_camera and job.episode < videos else None
+                    target = recorder or env
                     options = {"init_state": job.init_state} if job.init_state is not None else None
                     result = run_episode(target, actors[job.mask], job.env, job.episode, job.seed, options, max_steps)
-                    if keep_video:
+                    if recorder is not None:
                         name = f"{job.mask.replace('/', '_')}__{job.env.replace(':', '_').replace('/', '_')}__{job.episode}.mp4"
-                        _save_video(target.frames, out / "videos" / name)
+                        _save_video(recorder.frames, out / "videos" / name)
                     row = asdict(result)
                     break
                 except Exception as error:  # server or simulator failure: not the policy's fault

@@ -33,8 +33,8 @@ class InProcessActor:
         self.frames.append(self.policy.check_frame(observation))  # fitted on arrival, as the server does
         proprio = observation.get("proprio") if self.policy.config.proprio_dim else None
         generator = step_generator(self.seed, self.steps) if self.temperature > 0 else None
-        observation = Observation(list(self.frames), self.instruction, proprio, self.temperature, generator)
-        result = self.policy.predict([observation], self.spec)[0]
+        inputs = Observation(list(self.frames), self.instruction, proprio, self.temperature, generator)
+        result = self.policy.predict([inputs], self.spec)[0]
         self.steps += 1
         return result.actions, result.timings_ms
 

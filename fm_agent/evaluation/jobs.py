@@ -48,11 +48,12 @@ def warn_unknown_words(checkpoint: Path | None, instructions: list[str]) -> list
 
 
 def _exit_code(summary: dict) -> int:
+    """1 when episodes errored and none finished (a broken setup, not a policy that failed), else 0."""
     masks = summary["masks"].values()
-    episodes = sum(m["overall"]["episodes"] for m in masks)
+    finished = sum(m["overall"]["episodes"] for m in masks)  # episodes without an error
     errors = sum(m["errors"] for m in masks)
-    if episodes and errors == episodes:
-        print(f"every one of the {episodes} episodes errored: see the error field in episodes.jsonl")
+    if errors and not finished:
+        print(f"every one of the {errors} episodes errored: see the error field in episodes.jsonl")
         return 1
     return 0
 
@@ -146,7 +147,7 @@ def run_local_eval(config: LocalEvalConfig, command: str = "") -> int:
     warn_unknown_words(config.checkpoint, instructions)
     torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
-    policy = None if config.random_baseline else VLAPolicy.from_pretrained(config.checkpoint)
+    policy = None if config.checkpoint is None else VLAPolicy.from_pretrained(config.checkpoint)
     labels = ["random"] if policy is None else list(config.masks)
     size = config.image_size if policy is None else policy.config.image_size
     report: dict = {"command": command, "checkpoint": str(config.checkpoint) if policy else None, "masks": {}}

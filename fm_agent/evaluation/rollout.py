@@ -146,7 +146,7 @@ def summarise(
         }
 
     ok = [r for r in results if r.error is None]
-    summary = {
+    summary: dict[str, Any] = {
         "overall": block(ok),
         "errors": len(results) - len(ok),
         "per_env": {e: block([r for r in ok if r.env == e]) for e in sorted({r.env for r in ok})},

@@ -25,6 +25,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
 )
@@ -34,7 +35,7 @@ from ..attention.generation import continue_decoding, prefill
 from .action_tokenizer import ActionTokenizer
 from .configuration_vla import VLAConfig
 from .history import Frame
-from .processor import Observation, PreparedObservation, VLAProcessor, fit_image
+from .processor import Observation, PreparedObservation, VLAProcessor, fit_image, token_id
 from .text_tokenizer import IMAGE, build_tokenizer
 
 
@@ -80,7 +81,7 @@ def build_backbone(
         pad_token_id=pad_token_id,
         tie_word_embeddings=True,
     )
-    llava = LlavaConfig(
+    llava = LlavaConfig(  # type: ignore[call-arg]
         vision_config=vision,
         text_config=text,
         image_token_id=image_token_id,
@@ -97,7 +98,7 @@ class VLAPolicy:
     """A loaded policy. Not thread-safe for concurrent ``predict`` calls on one instance unless the
     caller serialises them (the server runs one worker per model)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, config: VLAConfig) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, config: VLAConfig) -> None:
         self.model = enable_future_attention(model).eval()
         self.tokenizer = tokenizer
         self.config = config
@@ -117,11 +118,9 @@ class VLAPolicy:
         """A new, randomly initialised policy whose vocabulary covers ``instructions``."""
         actions = ActionTokenizer.from_dict(config.action_tokenizer)
         tokenizer = build_tokenizer(instructions, actions.bins, config.proprio_bins)
-        actions.offset = tokenizer.convert_tokens_to_ids("<a0>")
+        actions.offset = token_id(tokenizer, "<a0>")
         config.action_tokenizer = actions.to_dict()
-        model = build_backbone(
-            config, len(tokenizer), tokenizer.convert_tokens_to_ids(IMAGE), tokenizer.pad_token_id, seed
-        )
+        model = build_backbone(config, len(tokenizer), token_id(tokenizer, IMAGE), tokenizer.pad_token_id, seed)
         return cls(model, tokenizer, config)
 
     def save_pretrained(self, folder: str | Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,22 +61,30 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     return pixels[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    """The id of one token (``convert_tokens_to_ids`` is typed for lists too)."""
+    value = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(value, int):
+        raise ValueError(f"the tokenizer has no single id for {token!r}")
+    return value
+
+
 class VLAProcessor:
     """The tokenizer and the prompt conventions of one policy; ``max_positions`` is its context length."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, config: VLAConfig, max_positions: int) -> None:
         self.tokenizer, self.config, self.max_positions = tokenizer, config, max_positions
         self.actions = ActionTokenizer.from_dict(config.action_tokenizer)
-        self.image_token_id: int = tokenizer.convert_tokens_to_ids(IMAGE)
-        self._ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (BOS, FRAME, INSTRUCTION, PROPRIO, ACTION, QUERY)}
-        self._proprio_base = tokenizer.convert_tokens_to_ids(proprio_token(0))
+        self.image_token_id = token_id(tokenizer, IMAGE)
+        self._ids = {t: token_id(tokenizer, t) for t in (BOS, FRAME, INSTRUCTION, PROPRIO, ACTION, QUERY)}
+        self._proprio_base = token_id(tokenizer, proprio_token(0))
         if config.action_head == "parallel" and self._ids[QUERY] in (None, tokenizer.unk_token_id):
             raise ValueError(f"action_head 'parallel' needs the {QUERY} token, which this checkpoint's tokenizer lacks")
 
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
         if not instruction or not instruction.strip():
             raise ValueError("the instruction is empty")
-        text = [self._ids[INSTRUCTION], *self.tokenizer.convert_tokens_to_ids(words(instruction))]
+        text = [self._ids[INSTRUCTION], *cast(list[int], self.tokenizer.convert_tokens_to_ids(words(instruction)))]
         frame = [self._ids[FRAME], *[self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))]
         frames = frame * self.config.history
         ids = [self._ids[BOS], *(text + frames if self.config.prompt_order == "instruction_first" else frames + text)]

@@ -34,7 +34,7 @@ class DecoderShape:
     vocab: int = 32000
 
     def build(self, dtype: torch.dtype) -> LlamaForCausalLM:
-        config = LlamaConfig(
+        config = LlamaConfig(  # type: ignore[call-arg]
             vocab_size=self.vocab,
             hidden_size=self.hidden,
             intermediate_size=self.intermediate,
@@ -45,8 +45,9 @@ class DecoderShape:
             attn_implementation="sdpa",
         )
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(dtype).eval()
-        return enable_future_attention(model)
+        model = LlamaForCausalLM(config).to(dtype).eval()  # type: ignore[arg-type]
+        enable_future_attention(model)
+        return model
 
 
 @dataclass
@@ -102,6 +103,7 @@ def measure_once(
     sequence = input_ids
     steps = decode_tokens if use_cache else full_decode_tokens
     decode_total = 0.0
+    assert out is not None  # set by run_prefill
     for _ in range(steps):
         next_id = out.logits[:, -1:].argmax(-1)
         sequence = torch.cat([sequence, next_id], dim=-1)

@@ -106,7 +106,7 @@ def run_soak(settings: SoakConfig, progress: Callable[[float], None] | None = No
         server = LocalServer(settings.checkpoint, threads=settings.server_threads)
         address = server.start()
     try:
-        return _soak(address, settings, server.process.pid if server else None, progress)
+        return _soak(address, settings, server.process.pid if server and server.process else None, progress)
     finally:
         if server is not None:
             server.stop()
@@ -165,7 +165,7 @@ def _soak(address: str, settings: SoakConfig, pid: int | None, progress) -> dict
             client.end_episode(episode)
 
     health_ms: list[float] = []
-    health_bad = Counter()
+    health_bad: Counter[str] = Counter()
     rss_timeline: list[tuple[float, float]] = []  # (seconds into the run, MB): growth vs plateau
 
     def health_loop() -> None:

@@ -75,6 +75,7 @@ class _WebsocketProcess:
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        assert self.process.stdout is not None  # stdout=PIPE
         line = self.process.stdout.readline().strip()
         if not line.isdigit():
             self.stop()
@@ -119,7 +120,7 @@ def time_paths(
     A path returns its server's own time for the call (ms) or None (in-process). Per call, the round
     trip (ms) and, where the server reported its time, round trip minus server time: the transport."""
     names = list(paths)
-    out = {name: {"round_trip": [], "transport": []} for name in names}
+    out: dict[str, dict[str, list[float]]] = {name: {"round_trip": [], "transport": []} for name in names}
     for name in names:  # warm-up: connections, first-call allocations
         for _ in range(3):
             paths[name]()
@@ -156,7 +157,7 @@ def summarise_paths(timings: dict[str, dict[str, list[float]]], in_process: str 
     base = float(np.median(timings[in_process]["round_trip"])) if in_process in timings else None
     summary = {}
     for name, values in timings.items():
-        row = {"round_trip": _stats(values["round_trip"])}
+        row: dict[str, Any] = {"round_trip": _stats(values["round_trip"])}
         if values["transport"]:
             row["transport"] = _stats(values["transport"])
         if base is not None and name != in_process:
@@ -237,7 +238,9 @@ def run_transport_benchmark(
 
             def pickled() -> float:
                 connection.send(pickle.dumps(obs))
-                return pickle.loads(connection.recv())["server_ms"]
+                reply = connection.recv()
+                assert isinstance(reply, bytes)  # the server sends binary frames
+                return pickle.loads(reply)["server_ms"]
 
             paths["pickle_websocket"] = pickled
         except ImportError as error:

@@ -92,7 +92,9 @@ def run_train(config: TrainConfig, command: str = "") -> int:
         policy.config.temperature = config.temperature
     params = sum(p.numel() for p in policy.model.parameters())
     first = train_eps[0]
-    prompt = policy.prompt_ids(first.instruction, first.proprio[0] if policy.config.proprio_dim else None)
+    prompt = policy.prompt_ids(
+        first.instruction, first.proprio[0] if first.proprio is not None and policy.config.proprio_dim else None
+    )
     print(
         f"{len(train_eps)} training / {len(val_eps)} validation episodes, "
         f"{sum(len(e.actions) for e in train_eps)} samples; model {params / 1e6:.2f}M parameters; "

@@ -63,7 +63,7 @@ def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Se
     observations, targets = [], []
     for s in samples:
         e = episodes[s.episode]
-        proprio = e.proprio[s.step] if cfg.proprio_dim else None
+        proprio = e.proprio[s.step] if cfg.proprio_dim and e.proprio is not None else None
         observations.append(
             Observation(history_frames(e, s.step, cfg.history, cfg.history_stride), e.instruction, proprio)
         )
@@ -263,7 +263,7 @@ def train(
 def plot_losses(log: TrainLog, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     window = max(1, len(log.loss) // 100)
-    smooth = np.convolve(log.loss, np.ones(window) / window, mode="valid") if log.loss else []
+    smooth = np.convolve(log.loss, np.ones(window) / window, mode="valid") if log.loss else np.zeros(0)
     a.plot(log.steps[: len(smooth)], smooth, label="train (smoothed)")
     a.plot(log.val_steps, log.val_loss, "o-", label="validation")
     a.set_yscale("log")

@@ -137,7 +137,7 @@ class PolicyClient:
         self,
         episode_id: str,
         images: Mapping[str, np.ndarray],
-        proprio: Sequence[float] | None = None,
+        proprio: Sequence[float] | np.ndarray | None = None,
         encoding: str = "raw",
         timeout: float | None = None,
     ) -> ActResult:
@@ -222,7 +222,7 @@ class AsyncPolicyClient:
         self,
         episode_id: str,
         images: Mapping[str, np.ndarray],
-        proprio: Sequence[float] | None = None,
+        proprio: Sequence[float] | np.ndarray | None = None,
         encoding: str = "raw",
         timeout: float | None = None,
     ) -> ActResult:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from .v1 import policy_pb2 as pb
 
@@ -169,17 +169,17 @@ class FutureMaskSpec:
         if not options.mask and not options.merge and not options.decode_mode:
             return default
         merge = None
-        if options.merge:
+        if options.merge:  # the values are checked in __post_init__; cast() only tells the type checker
             merge = MergeOptions(
-                op=options.merge_op or "max",
-                kernel=options.merge_kernel or 3,  # type: ignore[arg-type]
+                op=cast(PoolOp, options.merge_op or "max"),
+                kernel=options.merge_kernel or 3,
                 slots=options.merge_slots or 1,
             )
         return cls(
-            mask=options.mask or "causal",
-            merge=merge,  # type: ignore[arg-type]
-            decode_mode=options.decode_mode or "prefill",
-        )  # type: ignore[arg-type]
+            mask=cast(MaskKind, options.mask or "causal"),
+            merge=merge,
+            decode_mode=cast(DecodeMode, options.decode_mode or "prefill"),
+        )
 
 
 CAUSAL = FutureMaskSpec()

@@ -18,6 +18,7 @@ class ActResult:
 
     @classmethod
     def from_response(cls, response: pb.ActResponse) -> ActResult:
+        actions: np.ndarray
         if response.discrete_actions:
             actions = np.asarray(response.discrete_actions, dtype=np.int64)
         else:

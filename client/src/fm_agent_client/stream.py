@@ -194,7 +194,7 @@ class ActStream:
         self,
         episode_id: str,
         images: Mapping[str, np.ndarray],
-        proprio: Sequence[float] | None = None,
+        proprio: Sequence[float] | np.ndarray | None = None,
         encoding: str = "raw",
     ) -> ActResult:
         return ActResult.from_response(self._stream.step(encode_act_request(episode_id, images, proprio, encoding)))

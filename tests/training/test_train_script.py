@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+
+import pytest
+from paths import REPO
 
 from envs.recording import RecordSettings, record
 from fm_agent.model import VLAPolicy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
+@pytest.mark.simulator
+@pytest.mark.slow
 def test_train_bc_trains_on_several_demo_folders_and_records_them(tmp_path) -> None:
     # Two folders, as with clean and DART demonstrations: both must be read, and both named in the record.
     record(["babyai:BabyAI-GoToLocal-v0"], 2, RecordSettings(out=tmp_path / "a"))

@@ -16,6 +16,8 @@ from serving_helpers import TINY, tiny_checkpoint  # noqa: E402
 from fm_agent.cli import main as cli  # noqa: E402
 from fm_agent.model import ActionTokenizer, VLAConfig, VLAPolicy  # noqa: E402
 
+pytestmark = [pytest.mark.simulator, pytest.mark.slow]  # episodes against a real server
+
 
 @pytest.fixture(scope="module")
 def babyai_checkpoint(tmp_path_factory) -> Path:

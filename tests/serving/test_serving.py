@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from paths import REPO
 from serving_helpers import INSTRUCTION, frame, start_server, tiny_checkpoint
 
 from fm_agent.attention import FutureMaskSpec, MergeOptions
@@ -361,9 +362,8 @@ def test_client_imports_no_ml_stack() -> None:
 
 
 def test_generated_code_is_current(tmp_path) -> None:
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     subprocess.run(
         ["bash", str(root / "launch/gen_protos.sh"), str(tmp_path)],
         check=True,

@@ -19,6 +19,8 @@ from envs.babyai_env import MissionInfo, doors_needed_next  # noqa: E402
 from envs.libero_env import LiberoError, suite_max_steps  # noqa: E402
 from envs.recording import RecordSettings, read_episode, record  # noqa: E402
 
+pytestmark = pytest.mark.simulator  # every test here builds LIBERO or BabyAI
+
 BABYAI_LEVELS = ["BabyAI-GoToSeqS5R2-v0", "BabyAI-PickupLoc-v0", "BabyAI-GoToLocal-v0"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from paths import REPO
 
 from fm_agent.attention import ALL_SPEC_LABELS, FutureMaskSpec
 from fm_agent.data.episodes import EpisodeArrays
@@ -370,9 +371,8 @@ def test_training_never_shows_targets_to_images() -> None:
 # -- embedded checkpoints ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["libero_spatial", "babyai_gotoseq", "babyai_opendoors"])
 def test_default_checkpoint_loads_and_acts(name: str) -> None:
-    from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[1] / "checkpoints" / name
+    folder = REPO / "checkpoints" / name
     policy = VLAPolicy.from_pretrained(folder)
     cfg = policy.config
     rng = np.random.default_rng(0)

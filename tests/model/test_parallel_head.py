@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from paths import REPO
 
 from fm_agent.attention import ALL_SPEC_LABELS, FutureAttention, FutureMaskSpec
 from fm_agent.data.episodes import EpisodeArrays, Sample, all_samples
@@ -191,9 +192,8 @@ def test_save_load_keeps_the_head(tmp_path) -> None:
 
 
 def test_a_tokenizer_without_placeholders_is_refused(tmp_path) -> None:
-    from pathlib import Path
 
-    checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "libero_spatial"
+    checkpoint = REPO / "checkpoints" / "libero_spatial"
     config = VLAConfig.load(checkpoint)
     config.action_head = "parallel"
     for name in (
