@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
 from fm_agent.cli import main as cli
+from fm_agent.cli import parse
 from fm_agent.jobs import JOBS
 from fm_agent.serving.config import ServeConfig
 from fm_agent.serving.local import LocalServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 @pytest.mark.parametrize("name", list(JOBS))
@@ -148,3 +149,66 @@ def test_train_presets_offered_by_the_cli_are_the_model_presets() -> None:
     from fm_agent.training.config import TrainConfig
 
     assert set(typing.get_args(typing.get_type_hints(TrainConfig)["preset"])) == set(PRESETS)
+
+
+SHIMS = {
+    "libero_eval.py": "eval-libero",
+    "alfred_eval.py": "eval-babyai",
+    "eval_policy.py": "eval-local",
+    "door_errors.py": "door-errors",
+    "train_bc.py": "train",
+    "record_demos.py": "record",
+    "dagger.py": "dagger",
+    "profile_latency.py": "profile",
+    "soak.py": "soak",
+}
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """Every ``launch/*.py`` or ``fm-agent`` command in the README, docs and model cards, as argv for the CLI.
+
+    Commands are read from code blocks (backslash continuations joined) and inline code spans (which
+    may wrap across lines); those with placeholders (``<...>``, ``...``, ``A|B``, UPPER-CASE values)
+    or that only ask for ``--help`` are skipped."""
+    import re
+    import shlex
+
+    found = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted(REPO.glob("checkpoints/*/*.md"))]:
+        text = re.sub(r"\\\n\s*", " ", path.read_text())
+        blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+        spans = [line for block in blocks for line in block.splitlines()]
+        spans += [line for line in text.splitlines() if line.startswith("    ")]  # indented code blocks
+        spans += [
+            span.replace("\n", " ")
+            for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", re.sub(r"```.*?```", "", text, flags=re.S))
+        ]
+        for span in spans:
+            match = re.search(r"(?:launch/(\w+\.py)|fm-agent) (.*)", span.split("#")[0])
+            if match is None:
+                continue
+            script, rest = match.group(1), match.group(2).strip()
+            if any(mark in rest for mark in ("<", "...", "|", "--help")) or (script and script not in SHIMS):
+                continue
+            try:
+                words = shlex.split(rest)
+            except ValueError:
+                continue
+            if any(word.isupper() for word in words):
+                continue
+            argv = [SHIMS[script], *words] if script else words
+            if len(argv) > 1 and argv[0] in JOBS:
+                found.append((f"{path.relative_to(REPO)}: {span.strip()[:100]}", argv))
+    return found
+
+
+def test_every_documented_command_still_parses() -> None:
+    commands = documented_commands()
+    assert len(commands) >= 20, "the documentation lost its commands, or this reader lost them"
+    failures = []
+    for where, argv in commands:
+        try:
+            parse(argv)
+        except SystemExit:
+            failures.append(where)
+    assert not failures, "documented commands the CLI no longer accepts:\n" + "\n".join(failures)
