@@ -16,6 +16,7 @@ from transformers import DynamicCache, PreTrainedModel
 from fm_agent_client.masks import FutureMaskSpec
 
 from .context import FutureAttention, use_future_attention
+from .fast_decode import FastDecoder
 
 IMAGE_TOKEN_ATTRIBUTES = ("image_token_id", "image_token_index", "video_token_id")
 # Inputs with one entry per token: a cache-free decode step must grow them with the sequence.
@@ -122,13 +123,15 @@ def continue_decoding(
     n_tokens: int,
     choose: Callable[[torch.Tensor], torch.Tensor],
     attention_mask: torch.Tensor | None = None,
+    fast: FastDecoder | None = None,
     **model_inputs: Any,
 ) -> torch.Tensor:
     """The ``n_tokens`` tokens that follow a :func:`prefill` of ``sequence`` (B, L) -> (B, n_tokens).
 
     ``choose`` turns one step's logits (B, V) into the next ids (B, 1): greedy, sampled, or kept to
     a vocabulary range (a policy's action tokens). The last chosen token is not fed back, since
-    nothing reads the logits after it.
+    nothing reads the logits after it. ``fast`` (a :class:`FastDecoder` of ``model``) runs each cached
+    step without the module stack, with the same logits; it is ignored where there is no cache.
     """
     chosen = []
     for step in range(n_tokens):
@@ -139,7 +142,10 @@ def continue_decoding(
         sequence = torch.cat([sequence, token], dim=-1)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], -1)
-        logits = decode_one_token(model, context, sequence, cache, attention_mask, **model_inputs)
+        if fast is not None and cache is not None:
+            logits = fast.step(token, cache, attention_mask)
+        else:
+            logits = decode_one_token(model, context, sequence, cache, attention_mask, **model_inputs)
     return torch.cat(chosen, dim=-1)
 
 

@@ -31,6 +31,7 @@ from transformers import (
 )
 
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
+from ..attention.fast_decode import FastDecoder
 from ..attention.generation import continue_decoding, prefill
 from .action_tokenizer import ActionTokenizer
 from .configuration_vla import VLAConfig
@@ -98,7 +99,9 @@ class VLAPolicy:
     """A loaded policy. Not thread-safe for concurrent ``predict`` calls on one instance unless the
     caller serialises them (the server runs one worker per model)."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, config: VLAConfig) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, config: VLAConfig, fast_decode: bool = True
+    ) -> None:
         self.model = enable_future_attention(model).eval()
         self.tokenizer = tokenizer
         self.config = config
@@ -106,6 +109,9 @@ class VLAPolicy:
         self.processor = VLAProcessor(tokenizer, config, max_positions)
         self.actions = self.processor.actions
         self.image_token_id = self.processor.image_token_id
+        # The exact fast decode step (fm_agent/attention/fast_decode.py) where the backbone allows it;
+        # False, or an unsupported backbone, keeps transformers' own forward for every decode step.
+        self.fast_decoder = FastDecoder(self.model) if fast_decode and FastDecoder.supports(self.model) else None
 
     @property
     def parallel(self) -> bool:
@@ -131,14 +137,15 @@ class VLAPolicy:
         self.config.save(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> VLAPolicy:
-        """Load an fm-agent checkpoint, or any local LLaVA-family folder that carries ``fm_agent_policy.json``."""
+    def from_pretrained(cls, folder: str | Path, fast_decode: bool = True) -> VLAPolicy:
+        """Load an fm-agent checkpoint, or any local LLaVA-family folder that carries ``fm_agent_policy.json``;
+        ``fast_decode=False`` keeps transformers' forward for every decode step (the reference path)."""
         folder = Path(folder)
         config = VLAConfig.load(folder)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         tokenizer.padding_side = "left"
         model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, fast_decode)
 
     # -- inputs (the processor's; kept here so a policy is one object to hand around) ---------------
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
@@ -197,6 +204,7 @@ class VLAPolicy:
             self.actions.tokens_per_call,
             lambda step_logits: self._choose(step_logits[:, lo:hi], observations) + lo,  # action tokens only
             inputs["attention_mask"],
+            self.fast_decoder,
             **model_inputs,
         ).numpy()
         end = time.perf_counter()

@@ -26,7 +26,9 @@ from ..model import ActionTokenizer, Observation, VLAConfig, VLAPolicy
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-HEADS = ("autoregressive", "parallel")
+# "autoregressive" decodes with the exact fast step (fm_agent/attention/fast_decode.py), as served;
+# "ar-reference" is the same policy through transformers' forward for every token: the path it replaces.
+HEADS = ("autoregressive", "ar-reference", "parallel")
 SPECS = {"causal": FutureMaskSpec(), "Mf+merge": FutureMaskSpec("Mf", merge=MergeOptions())}
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 
@@ -46,9 +48,12 @@ def shaped_like(checkpoint: Path, chunk: int, head: str) -> VLAPolicy:
         proprio_low=[-1.0] * shape.proprio_dim,
         proprio_high=[1.0] * shape.proprio_dim,
         backbone=shape.backbone,
-        action_head=head,
+        action_head="parallel" if head == "parallel" else "autoregressive",
     )
-    return VLAPolicy.create(config, [INSTRUCTION], seed=0)
+    policy = VLAPolicy.create(config, [INSTRUCTION], seed=0)
+    if head == "ar-reference":
+        policy.fast_decoder = None
+    return policy
 
 
 def _observation(policy: VLAPolicy) -> Observation:

@@ -51,6 +51,9 @@ class ServeConfig:
     tls_key: Path | None = None
     threads: int | None = None
     """torch intra-op threads (default: every core; the evaluation passes the cores its simulators leave)"""
+    reference_decode: bool = False
+    """decode every action token through transformers' forward instead of the exact fast step (the same
+    tokens, about twice the decode time; for comparisons)"""
     json_logs: bool = False
     """one JSON object per log line"""
     ready_file: Path | None = None

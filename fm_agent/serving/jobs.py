@@ -41,7 +41,7 @@ def run_serve(config: ServeConfig, command: str = "") -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.set_num_interop_threads(1)  # the server runs one model thread; inter-op parallelism is unused
-    policy = VLAPolicy.from_pretrained(config.checkpoint)
+    policy = VLAPolicy.from_pretrained(config.checkpoint, fast_decode=not config.reference_decode)
     settings = ServerSettings(
         host=config.host,
         port=config.port,

@@ -1,0 +1,78 @@
+"""The fast decode step gives the reference path's logits bit for bit, so every token is the same."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from fm_agent.attention import ALL_SPEC_LABELS, FutureAttention, FutureMaskSpec
+from fm_agent.attention.fast_decode import FastDecoder
+from fm_agent.attention.generation import decode_one_token, prefill
+from fm_agent.model import Observation, VLAPolicy, step_generator
+
+
+@pytest.fixture(scope="module")
+def policies(tiny_policy) -> tuple[VLAPolicy, VLAPolicy]:
+    torch.set_num_threads(1)
+    fast, reference = VLAPolicy.from_pretrained(tiny_policy), VLAPolicy.from_pretrained(tiny_policy, fast_decode=False)
+    assert fast.fast_decoder is not None and reference.fast_decoder is None
+    return fast, reference
+
+
+def observations(policy: VLAPolicy, temperature: float = 0.0) -> list[Observation]:
+    """Three requests of different prompt lengths (a left-padded batch), each with its own frames."""
+    rng = np.random.default_rng(7)
+    instructions = ["pick up the black bowl", "pick up the black bowl and place it on the plate", "place it"]
+    batch = []
+    for i, instruction in enumerate(instructions):
+        frames = [{c: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for c in policy.config.cameras}
+                  for _ in range(2)]  # fmt: skip
+        generator = step_generator(11 + i, 3) if temperature else None
+        batch.append(Observation(frames, instruction, rng.uniform(-1, 1, 8), temperature, generator))
+    return batch
+
+
+def test_a_fast_step_returns_the_reference_steps_logits_exactly(policies) -> None:
+    fast, _ = policies
+    inputs = fast.encode(observations(fast))
+    for label in ("causal", "Mf/prefill", "Mv2t+merge"):
+        context = FutureAttention(FutureMaskSpec.parse(label), inputs["input_ids"] == fast.image_token_id)
+        logits, cache = prefill(fast.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                pixel_values=inputs["pixel_values"])  # fmt: skip
+        token = logits.argmax(-1, keepdim=True)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=-1)
+        sequence = torch.cat([inputs["input_ids"], token], dim=-1)
+        twin = copy.deepcopy(cache)
+        expected = decode_one_token(fast.model, context, sequence, cache, mask)
+        assert fast.fast_decoder is not None
+        got = fast.fast_decoder.step(token, twin, mask)
+        assert torch.equal(got, expected), label
+        assert twin.get_seq_length() == cache.get_seq_length()  # both caches grew by the token
+        for layer, twin_layer in zip(cache.layers, twin.layers):
+            assert torch.equal(layer.keys, twin_layer.keys) and torch.equal(layer.values, twin_layer.values)
+
+
+@pytest.mark.parametrize("label", ALL_SPEC_LABELS)
+def test_every_mask_decodes_the_same_tokens_greedy_and_sampled(policies, label) -> None:
+    fast, reference = policies
+    spec = FutureMaskSpec.parse(label)
+    for temperature in (0.0, 1.5):
+        got = fast.predict(observations(fast, temperature), spec)
+        want = reference.predict(observations(reference, temperature), spec)
+        for a, b in zip(got, want):
+            assert np.array_equal(a.tokens, b.tokens), (label, temperature)
+            assert np.array_equal(a.actions, b.actions)
+
+
+def test_only_supported_backbones_get_the_fast_step(policies) -> None:
+    fast, _ = policies
+    assert FastDecoder.supports(fast.model)
+    fast.model.train()
+    try:
+        assert not FastDecoder.supports(fast.model)  # dropout would differ: training keeps the reference
+    finally:
+        fast.model.eval()
+    assert not FastDecoder.supports(torch.nn.Linear(2, 2))
