@@ -30,11 +30,13 @@ class InProcessActor:
         self.seed, self.steps = seed, 0
 
     def act(self, observation: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
-        self.frames.append(self.policy.check_frame(observation))  # fitted on arrival, as the server does
+        frame = self.policy.check_frame(observation)  # fitted on arrival, as the server does
         proprio = observation.get("proprio") if self.policy.config.proprio_dim else None
         generator = step_generator(self.seed, self.steps) if self.temperature > 0 else None
-        inputs = Observation(list(self.frames), self.instruction, proprio, self.temperature, generator)
+        inputs = Observation(self.frames.with_frame(frame), self.instruction, proprio, self.temperature, generator,
+                             self.frames.features_with_new_frame())  # fmt: skip
         result = self.policy.predict([inputs], self.spec)[0]
+        self.frames.append(frame, result.frame_features)
         self.steps += 1
         return result.actions, result.timings_ms
 

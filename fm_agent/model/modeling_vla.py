@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     SiglipVisionConfig,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
 from ..attention.fast_decode import FastDecoder
@@ -45,6 +47,9 @@ class ActionResult:
     actions: np.ndarray  # (chunk, dims) float32 or (chunk,) int64
     tokens: np.ndarray  # (tokens_per_call,) ids
     timings_ms: dict[str, float]
+    # The vision features of the observation's newest frame (cameras, tokens, hidden), for the caller to
+    # keep with that frame in its EpisodeHistory; None when this step encoded pixels the reference way.
+    frame_features: torch.Tensor | None = None
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -100,7 +105,12 @@ class VLAPolicy:
     caller serialises them (the server runs one worker per model)."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, config: VLAConfig, fast_decode: bool = True
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerFast,
+        config: VLAConfig,
+        fast_decode: bool = True,
+        reuse_vision: bool = True,
     ) -> None:
         self.model = enable_future_attention(model).eval()
         self.tokenizer = tokenizer
@@ -112,6 +122,9 @@ class VLAPolicy:
         # The exact fast decode step (fm_agent/attention/fast_decode.py) where the backbone allows it;
         # False, or an unsupported backbone, keeps transformers' own forward for every decode step.
         self.fast_decoder = FastDecoder(self.model) if fast_decode and FastDecoder.supports(self.model) else None
+        # Each frame's vision features are computed once and reused while it stays in the history
+        # (Observation.features); False encodes every frame of every step, as training does.
+        self.reuse_vision = reuse_vision and hasattr(self.model.model, "get_image_features")
 
     @property
     def parallel(self) -> bool:
@@ -137,15 +150,16 @@ class VLAPolicy:
         self.config.save(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, fast_decode: bool = True) -> VLAPolicy:
+    def from_pretrained(cls, folder: str | Path, fast_decode: bool = True, reuse_vision: bool = True) -> VLAPolicy:
         """Load an fm-agent checkpoint, or any local LLaVA-family folder that carries ``fm_agent_policy.json``;
-        ``fast_decode=False`` keeps transformers' forward for every decode step (the reference path)."""
+        ``fast_decode=False`` keeps transformers' forward for every decode step and ``reuse_vision=False``
+        encodes every frame of every step (the reference paths)."""
         folder = Path(folder)
         config = VLAConfig.load(folder)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         tokenizer.padding_side = "left"
         model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
-        return cls(model, tokenizer, config, fast_decode)
+        return cls(model, tokenizer, config, fast_decode, reuse_vision)
 
     # -- inputs (the processor's; kept here so a policy is one object to hand around) ---------------
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
@@ -187,9 +201,9 @@ class VLAPolicy:
         visual = inputs["input_ids"] == self.image_token_id
         context = FutureAttention(spec, visual)
         t_pre = time.perf_counter()
-        model_inputs = {"pixel_values": inputs["pixel_values"]}
+        model_inputs, newest = self._vision_inputs(observations, inputs, spec)
         if self.parallel:
-            return self._predict_parallel(observations, inputs, context, start, t_pre)
+            return self._predict_parallel(observations, inputs, model_inputs, newest, context, start, t_pre)
         logits, cache = prefill(
             self.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"], **model_inputs
         )
@@ -214,12 +228,51 @@ class VLAPolicy:
             "decode_ms": (end - t_prefill) * 1e3,
             "total_ms": (end - start) * 1e3,
         }
-        return self._results(tokens, timings)
+        return self._results(tokens, timings, newest)
+
+    def _vision_inputs(
+        self, observations: Sequence[PreparedObservation], inputs: dict[str, torch.Tensor], spec: FutureMaskSpec
+    ) -> tuple[dict[str, Any], list[torch.Tensor | None]]:
+        """The image inputs of the prompt's forward, and each observation's newest-frame features.
+
+        With ``reuse_vision`` the vision tower runs only on frames that carry no features yet (each once,
+        however often a young episode repeats it), and the model takes the features through its
+        ``mm_encoder_outputs`` input; a frame's features do not depend on the other frames, so this is
+        the same prompt. ``full`` decode mode recomputes from pixels at every token and keeps them.
+        """
+        if not self.reuse_vision or spec.needs_full_recompute:
+            return {"pixel_values": inputs["pixel_values"]}, [None] * len(observations)
+        cameras, history = len(self.config.cameras), self.config.history
+        slots = []  # per observation: (features per slot, first slot of each slot's frame)
+        for o in observations:
+            slots.append((o.features or [None] * history, o.same_as or list(range(history))))
+        missing = [(i, j) for i, (features, same) in enumerate(slots) for j in range(history)
+                   if same[j] == j and features[j] is None]  # fmt: skip
+        encoded: dict[tuple[int, int], torch.Tensor] = {}
+        if missing:
+            rows = torch.cat([observations[i].pixels[j * cameras : (j + 1) * cameras] for i, j in missing])
+            images = self.model.model.get_image_features(pixel_values=rows).pooler_output  # [(tokens, hidden)]
+            for n, key in enumerate(missing):
+                encoded[key] = torch.stack(images[n * cameras : (n + 1) * cameras])
+        per_image: list[torch.Tensor] = []
+        newest: list[torch.Tensor | None] = []
+        for i, (features, same) in enumerate(slots):
+            frames: list[torch.Tensor] = []
+            for j in range(history):
+                cached = features[same[j]]
+                frames.append(cached if cached is not None else encoded[(i, same[j])])
+            per_image += [image for frame in frames for image in frame.unbind(0)]
+            newest.append(frames[-1])
+        # transformers' LLaVA reads a list of per-image features from pooler_output (get_image_features' own form)
+        outputs = BaseModelOutputWithPooling(pooler_output=per_image)  # type: ignore[arg-type]
+        return {"mm_encoder_outputs": {"image": outputs}}, newest
 
     def _predict_parallel(
         self,
         observations: Sequence[PreparedObservation],
         inputs: dict[str, torch.Tensor],
+        model_inputs: dict[str, Any],
+        newest: list[torch.Tensor | None],
         context: FutureAttention,
         start: float,
         t_pre: float,
@@ -229,10 +282,10 @@ class VLAPolicy:
         out = self.model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
-            pixel_values=inputs["pixel_values"],
             use_cache=False,
             future_attention=context,
             logits_to_keep=n,
+            **model_inputs,
         )
         t_forward = time.perf_counter()
         lo, hi = self.actions.token_range()
@@ -247,11 +300,16 @@ class VLAPolicy:
                 "decode_ms": (end - t_forward) * 1e3,
                 "total_ms": (end - start) * 1e3,
             },
+            newest,
         )
 
-    def _results(self, tokens: np.ndarray, timings: dict[str, float]) -> list[ActionResult]:
+    def _results(
+        self, tokens: np.ndarray, timings: dict[str, float], newest: list[torch.Tensor | None]
+    ) -> list[ActionResult]:
         shape = (self.actions.chunk, self.actions.dims) if self.actions.kind == "continuous" else (self.actions.chunk,)
-        return [ActionResult(self.actions.decode(t).reshape(shape), t, dict(timings)) for t in tokens]
+        return [
+            ActionResult(self.actions.decode(t).reshape(shape), t, dict(timings), f) for t, f in zip(tokens, newest)
+        ]
 
     @staticmethod
     def _choose(logits: torch.Tensor, observations: Sequence[PreparedObservation]) -> torch.Tensor:

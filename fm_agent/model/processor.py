@@ -33,6 +33,9 @@ class Observation:
     # breaks such loops. ``generator`` makes an episode's draws reproducible.
     temperature: float = 0.0
     generator: torch.Generator | None = None
+    # Vision features already computed for some frames (aligned with ``frames``; None = encode it):
+    # an episode's history keeps each frame's features from the step it arrived.
+    features: Sequence[torch.Tensor | None] | None = None
 
 
 @dataclass
@@ -43,6 +46,11 @@ class PreparedObservation:
     pixels: torch.Tensor  # (history * cameras, 3, S, S) in [-1, 1]
     temperature: float = 0.0
     generator: torch.Generator | None = None
+    # Per history slot (padded like the frames): cached (cameras, tokens, hidden) features, or None.
+    features: list[torch.Tensor | None] | None = None
+    # Per history slot: the index of the first slot holding the same frame (a young episode repeats its
+    # oldest frame), so one frame is encoded once.
+    same_as: list[int] | None = None
 
 
 def fit_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -132,11 +140,20 @@ class VLAProcessor:
 
     def prepare(self, observation: Observation) -> PreparedObservation:
         """Validate one observation and build its model inputs; raises ValueError saying what is wrong."""
+        frames = list(observation.frames)
+        given = list(observation.features) if observation.features is not None else [None] * len(frames)
+        if len(given) != len(frames):
+            raise ValueError(f"{len(given)} feature entries for {len(frames)} frames")
+        slots = padded(list(range(len(frames))), self.config.history)  # frame index of each history slot
+        features = [given[i] for i in slots]
+        same_as = [slots.index(i) for i in slots]
         return PreparedObservation(
             self.prompt_ids(observation.instruction, observation.proprio),
-            self.pixel_values(observation.frames),
+            self.pixel_values(frames),
             observation.temperature,
             observation.generator,
+            features,
+            same_as,
         )
 
     def encode(self, observations: Sequence[Observation | PreparedObservation]) -> dict[str, torch.Tensor]:

@@ -209,7 +209,12 @@ class PolicyServicer:
             frame = self.policy.check_frame(frame)
             generator = step_generator(episode.seed, episode.steps) if episode.temperature > 0 else None
             observation = Observation(
-                episode.history.with_frame(frame), episode.instruction, proprio, episode.temperature, generator
+                episode.history.with_frame(frame),
+                episode.instruction,
+                proprio,
+                episode.temperature,
+                generator,
+                episode.history.features_with_new_frame(),
             )
             return frame, self.policy.prepare(observation)
         except ValueError as error:
@@ -235,7 +240,8 @@ class PolicyServicer:
                 raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(error)) from None
             except QueueFull as error:
                 raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
-            episode.history.append(frame)  # committed only now: a failed step leaves the episode unchanged
+            # committed only now, with its vision features: a failed step leaves the episode unchanged
+            episode.history.append(frame, batched.result.frame_features)
             step = episode.steps
             episode.steps += 1
         result, timings = batched.result, batched.result.timings_ms
