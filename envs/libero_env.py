@@ -94,8 +94,21 @@ def check_tasks(suite: str, tasks: list[int] | None = None) -> dict[int, str]:
                 f"LIBERO suite {suite!r} is declared but its resources are not installed "
                 f"(task {t}: {bddl.name} or its initial states are missing under {bddl_root.parent})"
             )
-        instructions[t] = clean_instruction(task.language)
+        instructions[t] = clean_instruction(bddl_instruction(bddl))
     return instructions
+
+
+def bddl_instruction(bddl: Path) -> str:
+    """The instruction an env of this BDDL problem reports: its ``(:language ...)`` as LIBERO parses it.
+
+    Not the benchmark's ``task.language``, which can differ in wording (libero_spatial task 0 reads
+    "pick up the black bowl ..." there and "pick the akita black bowl ..." in its BDDL, the text every
+    episode, demonstration and tokenizer sees)."""
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    with _quiet():
+        words = robosuite_parse_problem(str(bddl))["language_instruction"]
+    return " ".join(words) if isinstance(words, list) else str(words)
 
 
 CAMERA_OBSERVABLES = ("agentview_image", "robot0_eye_in_hand_image")

@@ -446,3 +446,13 @@ def test_libero_video_view_is_watchable_and_changes_nothing() -> None:
     finally:
         for env in envs:
             env.close()
+
+
+def test_the_catalogue_check_reports_the_instruction_the_env_gives(libero_state_only) -> None:
+    from envs.libero_env import LiberoError, check_tasks
+
+    _, info = libero_state_only.reset(options={"init_state": 0})
+    suite, task = libero_state_only.suite, libero_state_only.task_id
+    assert check_tasks(suite, [task])[task] == info["instruction"]
+    with pytest.raises(LiberoError, match="resources are not installed"):
+        check_tasks("libero_spatial_temp", [0])
