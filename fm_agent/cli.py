@@ -18,6 +18,11 @@ from .jobs import JOBS, ConfigError
 PROG = "fm-agent"
 
 
+def shown_prog(prog: str, name: str) -> str:
+    """How a job is named in help and errors: ``fm-agent NAME``, or a shim's own name."""
+    return f"{prog} {name}" if prog == PROG else prog
+
+
 def parse(argv: Sequence[str], prog: str = PROG) -> tuple[str, object]:
     """(job name, config) for ``argv`` = [sub-command, flags...]; exits on ``--help`` or bad flags."""
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in JOBS:
@@ -33,7 +38,7 @@ def parse(argv: Sequence[str], prog: str = PROG) -> tuple[str, object]:
         raise SystemExit(0 if argv else 2)
     name = argv[0]
     config_class = JOBS[name].config_class()
-    config: object = tyro.cli(config_class, args=list(argv[1:]), prog=f"{prog} {name}" if prog == PROG else prog)
+    config: object = tyro.cli(config_class, args=list(argv[1:]), prog=shown_prog(prog, name))
     return name, config
 
 
@@ -52,7 +57,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         return JOBS[name].run(config, " ".join(shlex.quote(a) for a in shown))
     except ConfigError as error:
-        print(f"{prog if prog != PROG else f'{prog} {name}'}: {error}", file=sys.stderr)
+        print(f"{shown_prog(prog, name)}: {error}", file=sys.stderr)
         return 2
 
 

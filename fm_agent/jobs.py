@@ -32,6 +32,15 @@ def check_masks(labels: tuple[str, ...], flag: str = "--masks") -> None:
             raise ConfigError(f"{flag}: {error}") from None
 
 
+def require_at_least(config: object, low: int, *fields: str) -> None:
+    """Each named field of ``config`` is >= ``low`` (None means "not given" and passes), else ConfigError
+    naming its flag."""
+    for name in fields:
+        value = getattr(config, name)
+        if value is not None and value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
 @dataclass(frozen=True)
 class Job:
     config: str  # "module:Class"

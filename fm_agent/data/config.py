@@ -8,7 +8,7 @@ from typing import Literal
 
 from envs.recording import parse_index_ranges
 
-from ..jobs import ConfigError
+from ..jobs import ConfigError, require_at_least
 
 
 def _ranges(values: tuple[str, ...] | None, flag: str) -> list[int] | None:
@@ -68,9 +68,7 @@ class RecordConfig:
         if self.init_states and not libero_only:
             raise ConfigError("--init-states applies to LIBERO environments only")
         self.state_indices()
-        for name in ("episodes", "workers", "chunk"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1")
+        require_at_least(self, 1, "episodes", "workers", "chunk")
 
     def state_indices(self) -> list[int] | None:
         return _ranges(self.init_states, "--init-states")
@@ -115,12 +113,8 @@ class DaggerConfig:
             raise ConfigError(f"--checkpoint {self.checkpoint} is not an fm-agent policy (no fm_agent_policy.json)")
         if not 0 <= self.beta <= 1:
             raise ConfigError(f"--beta must be within [0, 1], got {self.beta}")
-        if self.init_states and self.env is not None and not self.env.startswith("libero:"):
-            raise ConfigError("--init-states is for LIBERO environments")
-        self.state_indices()
-        for name in ("episodes", "workers", "threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1")
+        self.state_indices()  # whether the environment is LIBERO is checked by the runner, once --env is resolved
+        require_at_least(self, 1, "episodes", "workers", "threads")
 
     def state_indices(self) -> list[int] | None:
         return _ranges(self.init_states, "--init-states")

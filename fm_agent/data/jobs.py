@@ -9,23 +9,15 @@ import os
 
 from tqdm import tqdm
 
-from envs import EnvNameError, check_env
 from envs.dagger import collect
 from envs.libero_env import LiberoError, check_tasks
 from envs.recording import RecordSettings, record
 
 from ..evaluation.inprocess import load_actor
+from ..evaluation.jobs import check_envs
 from ..jobs import ConfigError
 from ..model import VLAConfig
 from .config import DaggerConfig, RecordConfig
-
-
-def _checked(names: list[str]) -> None:
-    for name in names:
-        try:
-            check_env(name)
-        except (EnvNameError, LiberoError) as error:
-            raise ConfigError(str(error)) from None
 
 
 def run_record(config: RecordConfig, command: str = "") -> int:
@@ -39,7 +31,7 @@ def run_record(config: RecordConfig, command: str = "") -> int:
         names = [f"libero:{config.suite}/{t}" for t in (config.tasks if config.tasks is not None else sorted(tasks))]
     else:
         names = list(config.envs or ())
-        _checked(names)
+        check_envs(names, "--envs")
     settings = RecordSettings(
         out=config.out,
         only_success=not config.keep_failures,
@@ -79,7 +71,7 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
     env = config.env or next((e for e in policy_config.training.get("envs", []) if e.startswith("babyai:")), None)
     if env is None:
         raise ConfigError("the checkpoint records no BabyAI environment; pass --env")
-    _checked([env])
+    check_envs([env])
     libero = env.startswith("libero:")
     init_states = config.state_indices()
     if init_states and not libero:

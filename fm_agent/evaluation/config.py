@@ -11,12 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..jobs import ConfigError, check_masks
-
-
-def _at_least(value: int | None, low: int, flag: str) -> None:
-    if value is not None and value < low:
-        raise ConfigError(f"{flag} must be >= {low}, got {value}")
+from ..jobs import ConfigError, check_masks, require_at_least
 
 
 @dataclass(kw_only=True)
@@ -50,11 +45,8 @@ class ServerEvalConfig:
 
     def validate(self) -> None:
         check_masks(self.masks)
-        _at_least(self.workers, 1, "--workers")
-        _at_least(self.max_steps, 1, "--max-steps")
-        _at_least(self.server_threads, 1, "--server-threads")
-        _at_least(self.retries, 0, "--retries")
-        _at_least(self.videos, 0, "--videos")
+        require_at_least(self, 1, "workers", "max_steps", "server_threads")
+        require_at_least(self, 0, "retries", "videos")
         if self.temperature is not None and not 0 <= self.temperature <= 100:
             raise ConfigError(f"--temperature must be within [0, 100], got {self.temperature}")
         if self.server is None and not self.checkpoint.exists():
@@ -82,8 +74,8 @@ class LiberoEvalConfig(ServerEvalConfig):
 
     def validate(self) -> None:
         super().validate()
-        _at_least(self.episodes, 1, "--episodes")
-        _at_least(self.image_size, 8, "--image-size")
+        require_at_least(self, 1, "episodes")
+        require_at_least(self, 8, "image_size")
         bad = [s for s in self.init_states or () if not 0 <= s < 50]
         if bad:
             raise ConfigError(f"--init-states: {bad[0]} is not one of the 50 official initial states (0-49)")
@@ -106,8 +98,8 @@ class BabyAIEvalConfig(ServerEvalConfig):
 
     def validate(self) -> None:
         super().validate()
-        _at_least(self.episodes, 1, "--episodes")
-        _at_least(self.image_size, 8, "--image-size")
+        require_at_least(self, 1, "episodes")
+        require_at_least(self, 8, "image_size")
 
 
 @dataclass(kw_only=True)
@@ -142,8 +134,7 @@ class LocalEvalConfig:
         if self.checkpoint is not None and not self.checkpoint.exists():
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
         check_masks(self.masks)
-        _at_least(self.episodes, 1, "--episodes")
-        _at_least(self.max_steps, 1, "--max-steps")
+        require_at_least(self, 1, "episodes", "max_steps")
         if not self.env:
             raise ConfigError("--env: give at least one environment")
 
@@ -173,4 +164,4 @@ class DoorErrorsConfig:
         if not self.env.startswith("babyai:BabyAI-Open"):
             raise ConfigError(f"--env {self.env!r}: door errors are defined on BabyAI Open* levels")
         check_masks(self.masks)
-        _at_least(self.episodes, 1, "--episodes")
+        require_at_least(self, 1, "episodes")

@@ -8,7 +8,6 @@ every episode errored exits 1.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +27,6 @@ from .harness import EpisodeJob, evaluate, print_summary
 from .inprocess import InProcessActor
 from .rollout import RandomActor, format_within, run_episode, summarise
 
-log = logging.getLogger("fm_agent.evaluation")
 FALLBACK_LEVEL = "BabyAI-OpenDoorsOrderN4-v0"
 
 
@@ -45,6 +43,15 @@ def warn_unknown_words(checkpoint: Path | None, instructions: list[str]) -> list
             f"model as <unk>: {', '.join(unknown[:12])}{' ...' if len(unknown) > 12 else ''}"
         )
     return unknown
+
+
+def check_envs(names: list[str], flag: str = "--env") -> list[str | None]:
+    """Each environment can be built (without building it): its fixed instruction (LIBERO) or None
+    (BabyAI, generated per episode); ConfigError naming the first that cannot."""
+    try:
+        return [check_env(name) for name in names]
+    except (EnvNameError, LiberoError) as error:
+        raise ConfigError(f"{flag}: {error}") from None
 
 
 def _exit_code(summary: dict) -> int:
@@ -107,11 +114,7 @@ def trained_levels(checkpoint: Path) -> list[str]:
 def run_babyai_eval(config: BabyAIEvalConfig, command: str = "") -> int:
     config.validate()
     levels = list(config.levels) if config.levels else trained_levels(config.checkpoint)
-    for level in levels:
-        try:
-            check_env(f"babyai:{level}")
-        except EnvNameError as error:
-            raise ConfigError(f"--levels: {error}") from None
+    check_envs([f"babyai:{level}" for level in levels], "--levels")
     out = config.out or Path("runs/alfred_eval")
     jobs = [
         EpisodeJob(mask, f"babyai:{level}", i, config.seed + i, None)
@@ -136,14 +139,7 @@ def run_babyai_eval(config: BabyAIEvalConfig, command: str = "") -> int:
 def run_local_eval(config: LocalEvalConfig, command: str = "") -> int:
     config.validate()
     os.environ.setdefault("MUJOCO_GL", "egl")
-    instructions = []
-    for name in config.env:
-        try:
-            instruction = check_env(name)
-        except (EnvNameError, LiberoError) as error:
-            raise ConfigError(f"--env: {error}") from None
-        if instruction:
-            instructions.append(instruction)
+    instructions = [text for text in check_envs(list(config.env)) if text]
     warn_unknown_words(config.checkpoint, instructions)
     torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..jobs import ConfigError, check_masks
+from ..jobs import ConfigError, check_masks, require_at_least
 
 # Every mask family in both decode modes, and merged: the grid the latency profile times.
 PROFILE_SPECS: tuple[str, ...] = (
@@ -81,8 +81,7 @@ class ProfileConfig:
         check_masks(self.specs, "--specs")
         if (self.grpc or self.step) and not self.checkpoint.exists():
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
-        if self.threads < 1:
-            raise ConfigError("--threads must be >= 1")
+        require_at_least(self, 1, "threads")
 
 
 @dataclass(kw_only=True)

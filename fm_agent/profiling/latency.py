@@ -19,8 +19,6 @@ from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
 from .config import PROFILE_SPECS
 from .layouts import vla_layout
 
-DEFAULT_SPECS = PROFILE_SPECS
-
 
 @dataclass
 class DecoderShape:
@@ -54,7 +52,7 @@ class DecoderShape:
 class ProfileSettings:
     contexts: tuple[int, ...] = (256, 1024, 2048)
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
-    specs: tuple[str, ...] = DEFAULT_SPECS
+    specs: tuple[str, ...] = PROFILE_SPECS
     repetitions: int = 3
     decode_tokens: int = 8
     full_decode_tokens: int = 2

@@ -10,8 +10,8 @@ import matplotlib
 import torch
 from tqdm import tqdm
 
-from .config import PROFILE_PRESETS, ProfileConfig
-from .latency import DEFAULT_SPECS, DecoderShape, ProfileSettings, run_profile, settings_dict, summarise
+from .config import PROFILE_PRESETS, PROFILE_SPECS, ProfileConfig
+from .latency import DecoderShape, ProfileSettings, run_profile, settings_dict, summarise
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -36,7 +36,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for r in sorted(
         rows,
-        key=lambda r: (r["dtype"], r["context"], DEFAULT_SPECS.index(r["spec"]) if r["spec"] in DEFAULT_SPECS else 99),
+        key=lambda r: (r["dtype"], r["context"], PROFILE_SPECS.index(r["spec"]) if r["spec"] in PROFILE_SPECS else 99),
     ):
         lines.append(
             f"{r['dtype']:9} {r['context']:>5} {r['spec']:14} {r['prefill_ms']:>11.1f} "

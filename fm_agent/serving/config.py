@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,7 +10,7 @@ import tyro
 
 from fm_agent_client.masks import FutureMaskSpec
 
-from ..jobs import ConfigError
+from ..jobs import ConfigError, require_at_least
 from .limits import Limits
 
 DEFAULT_CHECKPOINT = Path("checkpoints/libero_spatial")
@@ -77,12 +76,4 @@ class ServeConfig:
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
-        for name in ("max_episodes", "max_batch", "max_message_mb", "decode_threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("--threads must be >= 1")
-
-
-def replace(config: ServeConfig, **changes: object) -> ServeConfig:
-    return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+        require_at_least(self, 1, "max_episodes", "max_batch", "max_message_mb", "decode_threads", "threads")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..jobs import ConfigError, check_masks
+from ..jobs import ConfigError, check_masks, require_at_least
 
 
 @dataclass(kw_only=True)
@@ -76,23 +76,9 @@ class TrainConfig:
             raise ConfigError(f"--init {self.init} is not an fm-agent policy (no fm_agent_policy.json)")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be within (0, 1), got {self.val_fraction}")
-        for name in (
-            "steps",
-            "batch_size",
-            "validate_every",
-            "threads",
-            "bins",
-            "hidden",
-            "layers",
-            "heads",
-            "kv_heads",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("history", "chunk", "history_stride", "image_size", "max_episodes"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        require_at_least(self, 1, "steps", "batch_size", "validate_every", "threads", "bins", "hidden", "layers")
+        require_at_least(self, 1, "heads", "kv_heads", "history", "chunk", "history_stride", "image_size")
+        require_at_least(self, 1, "max_episodes")
         if self.heads % self.kv_heads or self.hidden % self.heads:
             raise ConfigError(
                 f"--hidden {self.hidden} / --heads {self.heads} / --kv-heads {self.kv_heads}: heads must "
