@@ -5,7 +5,10 @@ Deliberately independent of fm_agent's vectorised code: nothing here imports it.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -94,3 +97,118 @@ def merged_attention(
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, L, L) bool -> (B, 1, L, L) additive float mask for transformers' stock eager attention."""
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole-model reference: an attention implementation for transformers that applies the brief's
+# rules with loops, on top of whatever mask the model itself built for the layer (padding,
+# sliding windows, bidirectional image or prefix blocks). Register it, switch a model's text config
+# to it, and describe the request with ``reference_request``.
+
+
+@dataclass
+class ReferenceRequest:
+    """visual / key_valid: per sequence, per prompt position; merge: (op, kernel, slots) or None;
+    prompt_only: later keys past the prompt (generated tokens) are never admitted."""
+
+    visual: list[list[bool]]
+    mask: str
+    merge: tuple[str, int, int] | None = None
+    prompt_only: bool = True
+    key_valid: list[list[bool]] | None = None
+
+
+_REQUEST: list[ReferenceRequest | None] = [None]
+REFERENCE_IMPLEMENTATION = "reference_loops"
+
+
+@contextlib.contextmanager
+def reference_request(request: ReferenceRequest) -> Iterator[None]:
+    _REQUEST[0] = request
+    try:
+        yield
+    finally:
+        _REQUEST[0] = None
+
+
+def _admits(mask: str, visual_i: bool, visual_j: bool) -> bool:
+    if not visual_i or mask == "causal":
+        return False
+    return {"Mf": True, "Mv2v": visual_j, "Mv2t": not visual_j}[mask]
+
+
+def reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention signature; query (B, H, Q, D), key/value (B, Hkv, K, D) -> (B, Q, H, D).
+
+    Per row: the model's own visible keys; plus, for a visual row, later keys the mask admits that
+    the own mask does not show, within the prompt (prefill/merge), on real keys, and within the
+    layer's sliding window on the future side too (j - i < W). Unmerged: softmax over both. Merge:
+    their logits pooled into slots, slot s added to the row's s-th own visible key, softmax over
+    the own keys only.
+    """
+    request = _REQUEST[0]
+    batch, heads, q_len, dim = query.shape
+    kv_len = key.shape[2]
+    groups = heads // key.shape[1]
+    scaling = scaling if scaling is not None else dim**-0.5
+    window = kwargs.get("sliding_window")
+    own = torch.ones(batch, q_len, kv_len, dtype=torch.bool).tril(kv_len - q_len)
+    if attention_mask is not None:
+        mask = attention_mask[:, 0, :, :kv_len]
+        own = mask if mask.dtype == torch.bool else mask == 0
+        own = own.expand(batch, q_len, kv_len)
+    out = torch.zeros(batch, q_len, heads, dim, dtype=torch.float64)
+    for b in range(batch):
+        prompt = len(request.visual[b]) if request else 0
+
+        def visual(p: int) -> bool:
+            return bool(request and p < prompt and request.visual[b][p])
+
+        def valid(p: int) -> bool:
+            if request is None or request.key_valid is None or p >= prompt:
+                return True
+            return bool(request.key_valid[b][p])
+
+        for h in range(heads):
+            q, k, v = query[b, h].double(), key[b, h // groups].double(), value[b, h // groups].double()
+            logits = q @ k.T * scaling
+            for r in range(q_len):
+                i = kv_len - q_len + r
+                row_own = [bool(own[b, r, j]) for j in range(kv_len)]
+                future = []
+                for j in range(i + 1, kv_len):
+                    if request is None or row_own[j] or not valid(j):
+                        continue
+                    if request.prompt_only and j >= prompt:
+                        continue
+                    if window is not None and j - i >= window:
+                        continue
+                    if _admits(request.mask, visual(i), visual(j)):
+                        future.append(j)
+                row = logits[r].clone()
+                visible = list(row_own)
+                if request is not None and request.merge is not None:
+                    if future:
+                        op, kernel, slots = request.merge
+                        sinks = [j for j in range(kv_len) if row_own[j]][:slots]
+                        pooled = pooled_slots([row[j].item() for j in future], op, kernel, slots)
+                        for s, c in enumerate(pooled):
+                            if s < len(sinks):
+                                row[sinks[s]] += c
+                else:
+                    for j in future:
+                        visible[j] = True
+                for j in range(kv_len):
+                    if not visible[j]:
+                        row[j] = -math.inf
+                if any(visible):
+                    out[b, r, h] = torch.softmax(row, dim=-1) @ v
+    return out.to(query.dtype), None
+
+
+def register_reference_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(REFERENCE_IMPLEMENTATION, reference_attention)
+    AttentionMaskInterface.register(REFERENCE_IMPLEMENTATION, eager_mask)

@@ -28,14 +28,20 @@ _ACTIVE: ContextVar[FutureAttention | None] = ContextVar("fm_agent_future_attent
 class AttentionPlan:
     """What every decoder layer of one forward needs; built once, shared by all layers.
 
-    allowed: (B, 1, Q, K) bool, the full pattern for unmerged masks (None with merge).
+    allowed: (B, 1, Q, K) bool. Unmerged masks: the full pattern (the model's own plus the admitted
+    future). Merge: the model's own pattern, which merge never widens.
     merge: the pooled-future layout (None without merge).
-    sink_keys: (B, 1, K, slots) one-hot key channels marking the first ``slots`` real keys.
+    sink_index: (B, R, slots) long, for each visual row of ``merge.rows`` the keys its pooled scores
+    are added to: the first ``slots`` keys the row itself can see (under a sliding window, the start
+    of its window); -1 where the row sees fewer keys than there are slots.
+    sink_keys: (B, 1, K, slots) one-hot key channels, only when every visual row of a sequence shares
+    its sink keys (no window cuts them off): then merge runs in the fused causal kernel.
     """
 
     allowed: torch.Tensor | None
-    merge: MergeLayout | None
-    sink_keys: torch.Tensor | None
+    merge: MergeLayout | None = None
+    sink_index: torch.Tensor | None = None
+    sink_keys: torch.Tensor | None = None
 
 
 class FutureAttention:
@@ -53,8 +59,8 @@ class FutureAttention:
         self.spec = spec
         self.visual = visual.bool()
         self.prompt_length = int(visual.shape[-1])
-        self._plan_key: tuple | None = None
-        self._plan: AttentionPlan | None = None
+        # One plan per distinct layer mask: a model with sliding and full layers alternates two.
+        self._plans: dict[tuple, tuple[torch.Tensor | None, AttentionPlan | None]] = {}
 
     def __repr__(self) -> str:
         return f"FutureAttention({self.spec.label}, batch={self.visual.shape[0]}, prompt={self.prompt_length})"
@@ -71,18 +77,41 @@ class FutureAttention:
         return torch.nn.functional.pad(visual, (0, length - visual.shape[1]), value=False)
 
     def plan(
-        self, base_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, device: torch.device
+        self,
+        base_mask: torch.Tensor | None,
+        batch: int,
+        q_len: int,
+        kv_len: int,
+        device: torch.device,
+        window: int | None = None,
+        causal: bool = True,
     ) -> AttentionPlan | None:
-        """The plan for one forward, or None when no visual query is present (stock path)."""
-        key = (q_len, kv_len, batch, str(device))
-        if self._plan_key is not None and self._plan_key[0] is base_mask and self._plan_key[1:] == key:
-            return self._plan
-        plan = self._build_plan(base_mask, batch, q_len, kv_len, device)
-        self._plan_key, self._plan = (base_mask, *key), plan
+        """The plan for one forward of one layer kind, or None when nothing changes (stock path).
+
+        base_mask is the model's own mask for the layer as transformers hands it over; window the
+        layer's sliding window (``kwargs["sliding_window"]``), None for full-attention layers;
+        causal what the layer does when transformers skips its mask (None): SDPA then attends
+        causally or, for a module with ``is_causal=False`` (PaliGemma without token types), to every key.
+        """
+        key = (id(base_mask), window, causal, q_len, kv_len, batch, str(device))
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] is base_mask:
+            return cached[1]
+        plan = self._build_plan(base_mask, batch, q_len, kv_len, device, window, causal)
+        if len(self._plans) >= 8:
+            self._plans.clear()
+        self._plans[key] = (base_mask, plan)
         return plan
 
     def _build_plan(
-        self, base_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, device: torch.device
+        self,
+        base_mask: torch.Tensor | None,
+        batch: int,
+        q_len: int,
+        kv_len: int,
+        device: torch.device,
+        window: int | None,
+        causal: bool,
     ) -> AttentionPlan | None:
         if kv_len - q_len >= self.prompt_length and not self.spec.needs_full_recompute:
             return None  # only generated (text) queries: the ordinary cached causal step
@@ -90,8 +119,10 @@ class FutureAttention:
         key_positions = torch.arange(kv_len, device=device)
         query_positions = key_positions[kv_len - q_len :]
         visual_queries = visual_keys[:, kv_len - q_len :]
-        base_allowed = _as_allowed(base_mask, batch, query_positions, key_positions)
-        key_valid = base_allowed[:, 0, -1, :]  # the last query sees every real key
+        own = _as_allowed(base_mask, batch, query_positions, key_positions, causal)[:, 0]  # (B, Q, K)
+        # A real key is one some query may see; padding keys are hidden from every row. (The last
+        # row alone would do for a causal layer, but under a window it sees only the last keys.)
+        key_valid = own.any(dim=-2)
         if self.spec.needs_full_recompute and q_len < kv_len and visual_keys[:, : kv_len - q_len].any():
             raise RuntimeError(
                 f"decode_mode='full' ({self.spec.label}) lets visual rows see generated tokens, so their cached "
@@ -99,27 +130,69 @@ class FutureAttention:
                 "fm_agent.attention.generate_with_mask, which does this for you."
             )
         future = future_extension(
-            self.spec, visual_queries, visual_keys, query_positions, key_positions, key_valid, self.prompt_length
+            self.spec,
+            visual_queries,
+            visual_keys,
+            query_positions,
+            key_positions,
+            key_valid,
+            self.prompt_length,
+            window,
         )
+        future &= ~own  # keys the model already shows (bidirectional blocks) are neither added nor pooled twice
         if not future.any():
             return None
         if self.spec.merge is None:
-            return AttentionPlan(allowed=(base_allowed[:, 0] | future)[:, None], merge=None, sink_keys=None)
-        slots = self.spec.merge.slots
-        first_real = key_valid.long().argmax(-1)  # (B,) first non-padding key: the attention sink
-        sink_index = first_real[:, None] + torch.arange(slots, device=device)[None, :]  # (B, slots)
-        sink_keys = (key_positions[None, :, None] == sink_index[:, None, :]).float()[:, None]  # (B,1,K,slots)
+            return AttentionPlan(allowed=(own | future)[:, None])
         layout = MergeLayout.build(self.spec.merge, visual_queries, future)
-        return AttentionPlan(allowed=None, merge=layout, sink_keys=sink_keys)
+        row_visible = torch.gather(own, 1, layout.rows[:, :, None].expand(-1, -1, kv_len))  # (B, R, K)
+        sink_index = _first_visible(row_visible, self.spec.merge.slots)
+        return AttentionPlan(
+            allowed=own[:, None],
+            merge=layout,
+            sink_index=sink_index,
+            sink_keys=_shared_sink_keys(sink_index, layout.row_valid, kv_len),
+        )
+
+
+def _first_visible(visible: torch.Tensor, slots: int) -> torch.Tensor:
+    """(B, R, K) bool -> (B, R, slots) long: the first ``slots`` True columns of each row, -1 past the last.
+
+    One argmax per slot (slots is small): a cumsum rank over (B, R, K) would cost 8 bytes per entry.
+    """
+    remaining = visible.clone()
+    found = []
+    for _ in range(slots):
+        first = remaining.to(torch.uint8).argmax(-1)  # (B, R): the first True (0 if none)
+        found.append(torch.where(remaining.any(-1), first, torch.full_like(first, -1)))
+        remaining.scatter_(-1, first[..., None], False)
+    return torch.stack(found, dim=-1)
+
+
+def _shared_sink_keys(sink_index: torch.Tensor, row_valid: torch.Tensor, kv_len: int) -> torch.Tensor | None:
+    """(B, 1, K, slots) one-hot channels when all valid rows of each sequence share their sinks, else None."""
+    first = sink_index[:, :1]  # (B, 1, slots); padded rows repeat row 0, so row 0 is a valid row or none exists
+    same = (sink_index == first).all(-1) | ~row_valid
+    if not bool(same.all()) or bool((first < 0).any()):
+        return None
+    positions = torch.arange(kv_len, device=sink_index.device)
+    return (positions[None, :, None] == first).float()[:, None]  # (B, 1, K, slots)
 
 
 def _as_allowed(
-    base_mask: torch.Tensor | None, batch: int, query_positions: torch.Tensor, key_positions: torch.Tensor
+    base_mask: torch.Tensor | None,
+    batch: int,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
+    causal: bool = True,
 ) -> torch.Tensor:
-    """transformers' mask (None = plain causal, bool, or additive float) as (B, 1, Q, K) bool."""
+    """transformers' mask (None = plain causal or, with ``causal`` False, everything; bool; additive
+    float) as (B, 1, Q, K) bool."""
     if base_mask is None:
-        causal = key_positions[None, :] <= query_positions[:, None]
-        return causal[None, None].expand(batch, 1, -1, -1)
+        allowed = key_positions[None, :] <= query_positions[:, None]
+        if not causal:
+            allowed = torch.ones_like(allowed)
+        return allowed[None, None].expand(batch, 1, -1, -1)
     if base_mask.dtype == torch.bool:
         return base_mask.expand(batch, 1, -1, -1)
     return (base_mask == 0).expand(batch, 1, -1, -1)

@@ -21,6 +21,9 @@ from .fast_decode import FastDecoder
 IMAGE_TOKEN_ATTRIBUTES = ("image_token_id", "image_token_index", "video_token_id")
 # Inputs with one entry per token: a cache-free decode step must grow them with the sequence.
 PER_TOKEN_INPUTS = ("mm_token_type_ids", "token_type_ids")
+# What a generated token's entry is, where it is not 0 (text): PaliGemma's token types mark the
+# bidirectional prefix with 0 and the causal suffix, generated tokens included, with 1.
+GENERATED_TOKEN_TYPE = {("paligemma", "token_type_ids"): 1}
 
 
 def visual_token_mask(config: Any, input_ids: torch.Tensor) -> torch.Tensor:
@@ -52,10 +55,11 @@ def generate_with_mask(
     """``model.generate`` under ``spec``; ``full`` decode mode turns the cache off, as it must."""
     context = FutureAttention(spec, visual if visual is not None else visual_token_mask(model.config, input_ids))
     if spec.needs_full_recompute:
-        if any(name in generate_kwargs for name in PER_TOKEN_INPUTS):
+        per_token = [name for name in PER_TOKEN_INPUTS if name in generate_kwargs]
+        if per_token:
             raise ValueError(
-                "generate() does not grow per-token inputs (mm_token_type_ids) without a cache, so decode_mode='full' "
-                "cannot run through it for this model; use fm_agent.attention.decode_n_tokens instead"
+                f"generate() does not grow per-token inputs ({', '.join(per_token)}) without a cache, so "
+                "decode_mode='full' cannot run through it for this model; use fm_agent.attention.decode_n_tokens instead"
             )
         generate_kwargs["use_cache"] = False
     with use_future_attention(context):
@@ -98,8 +102,11 @@ def decode_one_token(
             future_attention=context,
         )
     else:
+        model_type = str(getattr(model.config, "model_type", ""))
         grown = {
-            name: _grow(value, sequence.shape[1]) if name in PER_TOKEN_INPUTS else value
+            name: _grow(value, sequence.shape[1], GENERATED_TOKEN_TYPE.get((model_type, name), 0))
+            if name in PER_TOKEN_INPUTS
+            else value
             for name, value in model_inputs.items()
         }
         out = model(
@@ -108,9 +115,9 @@ def decode_one_token(
     return out.logits[:, -1]
 
 
-def _grow(per_token: torch.Tensor, length: int) -> torch.Tensor:
-    """Extend a (B, L) per-token input with zeros (generated tokens are text) up to ``length``."""
-    return torch.nn.functional.pad(per_token, (0, length - per_token.shape[1]), value=0)
+def _grow(per_token: torch.Tensor, length: int, fill: int = 0) -> torch.Tensor:
+    """Extend a (B, L) per-token input up to ``length`` with ``fill``, a generated token's entry."""
+    return torch.nn.functional.pad(per_token, (0, length - per_token.shape[1]), value=fill)
 
 
 @torch.no_grad()

@@ -2,13 +2,16 @@
 
 ``fm_sdpa`` wraps the stock SDPA path and ``fm_eager`` is an explicit-softmax twin that also
 returns attention probabilities (for inspection and tests). Without an active
-:class:`~fm_agent.attention.context.FutureAttention`, or for non-causal modules such as vision
-towers, both behave exactly like the stock implementations.
+:class:`~fm_agent.attention.context.FutureAttention`, or in a vision tower, both behave exactly
+like the stock implementations. Which modules belong to the decoder is marked when the model is
+enabled, not read off ``is_causal``: PaliGemma's decoder declares itself bidirectional.
 
 Merge keeps the fused causal kernel: C is non-zero only on the first ``slots`` key columns, so
 it is folded into ``slots`` extra query/key channels. Query channel ``s`` of visual row ``i``
 carries ``C[i, s] / scale`` and key channel ``s`` is one-hot on sink key ``s``, hence
-``scale * q'.k'_j = B[i, j] + C[i, s] [j == sink_s]``.
+``scale * q'.k'_j = B[i, j] + C[i, s] [j == sink_s]``. Under a sliding window each row's sink is
+the start of its own window, which one key channel cannot express: there C is added to a
+materialised float mask instead.
 """
 
 from __future__ import annotations
@@ -25,21 +28,56 @@ from .merge import max_future_scores, merge_future_scores
 SDPA_IMPLEMENTATION = "fm_sdpa"
 EAGER_IMPLEMENTATION = "fm_eager"
 CONTEXT_KWARG = "future_attention"
+# Set on every attention module of the language model by enable_future_attention.
+DECODER_MARK = "fm_agent_decoder"
+
+
+def _is_decoder(module: nn.Module) -> bool:
+    """Marked modules are the decoder's; unmarked ones (never enabled) fall back to ``is_causal``."""
+    marked = getattr(module, DECODER_MARK, None)
+    return bool(marked) if marked is not None else bool(getattr(module, "is_causal", True))
 
 
 def _context(module: nn.Module, kwargs: dict) -> FutureAttention | None:
     context = kwargs.pop(CONTEXT_KWARG, None) or active_future_attention()
-    if context is None or context.spec.is_causal or not getattr(module, "is_causal", True):
+    if context is None or context.spec.is_causal or not _is_decoder(module):
         return None  # vision towers and plain causal requests take the stock path
     return context
 
 
 def _plan(
-    context: FutureAttention | None, attention_mask, query: torch.Tensor, key: torch.Tensor
+    module: nn.Module,
+    context: FutureAttention | None,
+    attention_mask,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    kwargs: dict,
 ) -> AttentionPlan | None:
     if context is None:
         return None
-    return context.plan(attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device)
+    window = kwargs.get("sliding_window")
+    causal = bool(getattr(module, "is_causal", True))
+    return context.plan(attention_mask, query.shape[0], query.shape[2], key.shape[2], query.device, window, causal)
+
+
+def sink_columns(bias: torch.Tensor, plan: AttentionPlan, kv_len: int) -> torch.Tensor:
+    """C on the key axis: (B, H, R, slots) pooled scores -> (B, H, R, K), each on its row's sink key."""
+    assert plan.sink_index is not None  # built with the merge layout
+    valid = plan.sink_index >= 0
+    one_hot = torch.nn.functional.one_hot(plan.sink_index.clamp(min=0), kv_len).to(bias.dtype)  # (B, R, slots, K)
+    one_hot = one_hot * valid[..., None]
+    return torch.einsum("bhrs,brsk->bhrk", bias, one_hot)
+
+
+def merged_float_mask(query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan, scaling: float) -> torch.Tensor:
+    """(B, H, Q, K) additive mask: the model's own pattern plus C on each visual row's sink key."""
+    assert plan.allowed is not None and plan.merge is not None
+    dtype = query.dtype
+    mask = torch.zeros(plan.allowed.shape, dtype=torch.float32, device=query.device)
+    mask = mask.masked_fill(~plan.allowed, torch.finfo(dtype).min).expand(-1, query.shape[1], -1, -1).contiguous()
+    columns = sink_columns(pooled_sink_bias(query, key, plan, scaling), plan, key.shape[2])
+    rows = plan.merge.rows[:, None, :, None].expand(-1, query.shape[1], -1, key.shape[2])
+    return mask.scatter_add(2, rows, columns).to(dtype)
 
 
 def pooled_sink_bias(query: torch.Tensor, key: torch.Tensor, plan: AttentionPlan, scaling: float) -> torch.Tensor:
@@ -88,7 +126,7 @@ def future_sdpa_attention(
 ) -> tuple[torch.Tensor, None]:
     """SDPA with a future-aware mask (materialised) or merge (fused causal kernel, extra channels)."""
     context = _context(module, kwargs)
-    plan = _plan(context, attention_mask, query, key)
+    plan = _plan(module, context, attention_mask, query, key, kwargs)
     if plan is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -98,6 +136,9 @@ def future_sdpa_attention(
             module, query, key, value, plan.allowed, dropout=dropout, scaling=scaling, **kwargs
         )
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if plan.sink_keys is None:  # per-row sinks (sliding window): C goes into a materialised mask
+        mask = merged_float_mask(query, key, plan, scaling)
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     head_dim = value.shape[-1]
     query, key = fold_sink_bias(query, key, plan, scaling)
     # SDPA's fused CPU/GPU kernels need equal q/k/v widths; zero value channels cost almost nothing.
@@ -120,7 +161,7 @@ def future_eager_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit ``softmax(B + C + M)``; returns the probabilities too, so they can be inspected."""
     context = _context(module, kwargs)
-    plan = _plan(context, attention_mask, query, key)
+    plan = _plan(module, context, attention_mask, query, key, kwargs)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     groups = query.shape[1] // key.shape[1]
     logits = torch.matmul(query, repeat_kv(key, groups).transpose(2, 3)) * scaling  # (B, H, Q, K)
@@ -134,10 +175,9 @@ def future_eager_attention(
             )
         logits = logits + mask[:, :, :, : key.shape[-2]]
     if plan is not None and plan.merge is not None:
-        assert plan.sink_keys is not None  # built with the merge layout
         bias = pooled_sink_bias(query, key, plan, scaling)  # (B, H, R, slots)
         rows = plan.merge.rows[:, None, :, None].expand(-1, query.shape[1], -1, key.shape[2])
-        columns = torch.matmul(bias, plan.sink_keys.transpose(-1, -2))  # (B, H, R, K): bias on sink columns
+        columns = sink_columns(bias, plan, key.shape[2])  # (B, H, R, K): bias on each row's sink columns
         logits = logits.float().scatter_add(2, rows, columns).to(logits.dtype)
     weights = nn.functional.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
@@ -169,4 +209,28 @@ def enable_future_attention(model: PreTrainedModel, backend: str = "sdpa") -> Pr
         raise ValueError(f"backend must be 'sdpa' or 'eager', got {backend!r}")
     sub_configs = getattr(model.config, "sub_configs", {}) or {}
     model.set_attn_implementation({"text_config": name} if "text_config" in sub_configs else name)
+    mark_decoder_attention(model)
     return model
+
+
+def mark_decoder_attention(model: PreTrainedModel) -> int:
+    """Mark the language model's attention modules as the ones masks apply to; returns how many.
+
+    They are the modules built from a config of the text config's class (a vision tower has its own;
+    models may deep-copy their sub-configs, so identity would miss them). Marking beats
+    ``is_causal``: PaliGemma's decoder sets ``use_bidirectional_attention`` for compatibility, so its
+    attention modules say ``is_causal=False`` although they are a decoder's, and would be skipped.
+    """
+    text_config = model.config.get_text_config(decoder=True)
+    marked = 0
+    for module in model.modules():
+        if hasattr(module, "is_causal") and (hasattr(module, "q_proj") or hasattr(module, "qkv_proj")):
+            is_text = type(getattr(module, "config", None)) is type(text_config)
+            setattr(module, DECODER_MARK, is_text)
+            marked += is_text
+    if not marked:
+        raise ValueError(
+            f"{type(model).__name__}: no attention module uses the text config, so the decoder cannot be told "
+            "from the vision tower; future-aware masks would silently do nothing"
+        )
+    return marked

@@ -56,17 +56,22 @@ def future_extension(
     key_positions: torch.Tensor,
     key_valid: torch.Tensor | None = None,
     prompt_length: int | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """The entries a mask adds on top of the causal one: later, admitted, non-padding keys of visual rows.
 
     visual_queries: (B, Q) bool; visual_keys: (B, K) bool; positions are absolute, (Q,) and (K,);
-    key_valid: (B, K) bool (False on padding). Returns (B, Q, K) bool.
+    key_valid: (B, K) bool (False on padding). ``window``: a sliding-window layer's size W, kept on
+    the future side too (key j is admitted to row i only if j - i < W, as i - j < W on the past
+    side). Returns (B, Q, K) bool.
     """
     limit = prompt_length if spec.decode_mode == "prefill" or spec.merge is not None else None
     admitted = admitted_future_keys(spec.mask, visual_keys, key_positions, limit)
     if key_valid is not None:
         admitted = admitted & key_valid
     later = key_positions[None, :] > query_positions[:, None]  # (Q, K)
+    if window is not None:
+        later &= key_positions[None, :] - query_positions[:, None] < window
     return visual_queries[:, :, None] & later[None] & admitted[:, None, :]
 
 
