@@ -89,6 +89,11 @@ JOBS: dict[str, Job] = {
         "fm_agent.training.jobs:run_train",
         "behaviour cloning on recorded demonstrations",
     ),
+    "import": Job(
+        "fm_agent.training.config:ImportConfig",
+        "fm_agent.training.jobs:run_import",
+        "turn your own transformers VLM folder into a servable policy",
+    ),
     "record": Job(
         "fm_agent.data.config:RecordConfig",
         "fm_agent.data.jobs:run_record",

@@ -1,6 +1,7 @@
 """The VLA: transformers LLaVA backbone + word-level tokenizer + action tokenizer."""
 
 from .action_tokenizer import ActionTokenizer
+from .checkpoint import CheckpointError
 from .configuration_vla import BackboneShape, VLAConfig
 from .history import EpisodeHistory
 from .modeling_vla import (
@@ -17,6 +18,7 @@ from .processor import VLAProcessor
 __all__ = [
     "ActionResult",
     "ActionTokenizer",
+    "CheckpointError",
     "BackboneShape",
     "EpisodeHistory",
     "Observation",

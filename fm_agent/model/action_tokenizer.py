@@ -1,6 +1,8 @@
 """Actions as tokens: continuous dimensions binned, discrete actions as one token each.
 
-Token ``k`` of the action vocabulary is text-tokenizer id ``offset + k``. Continuous actions are
+Token ``k`` of the action vocabulary is text-tokenizer id ``offset + k`` (``convention`` "fm_agent":
+reserved ``<a0>``, ``<a1>``, ... tokens) or ``offset - k`` ("openvla": OpenVLA's layout, bins on the
+last vocabulary ids with bin 0 on the last one, ``offset = vocab_size - 1``). Continuous actions are
 normalised per dimension to [-1, 1] with statistics stored next to the weights (low/high are
 the 1st/99th percentiles of the training actions, as OpenVLA does, so outliers do not waste bins),
 then cut into ``bins`` equal bins; decoding returns bin centres.
@@ -11,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+CONVENTIONS = ("fm_agent", "openvla")
 
 
 @dataclass
@@ -24,8 +28,11 @@ class ActionTokenizer:
     high: list[float] = field(default_factory=list)
     clip_low: list[float] = field(default_factory=list)  # the env's action bounds, applied after decoding
     clip_high: list[float] = field(default_factory=list)
+    convention: str = "fm_agent"  # or "openvla": id = offset - k
 
     def __post_init__(self) -> None:
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {self.convention!r}")
         if self.kind not in ("continuous", "discrete"):
             raise ValueError(f"kind must be 'continuous' or 'discrete', got {self.kind!r}")
         if self.kind == "discrete" and self.dims != 1:
@@ -76,7 +83,15 @@ class ActionTokenizer:
 
     def token_range(self) -> tuple[int, int]:
         """[start, stop) of valid action token ids: constrained decoding keeps logits in here."""
+        if self.convention == "openvla":
+            return self.offset - self.bins + 1, self.offset + 1
         return self.offset, self.offset + self.bins
+
+    def _ids(self, bins: np.ndarray) -> np.ndarray:
+        return self.offset - bins if self.convention == "openvla" else bins + self.offset
+
+    def _bins(self, ids: np.ndarray) -> np.ndarray:
+        return self.offset - ids if self.convention == "openvla" else ids - self.offset
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
         """(C, D) floats or (C,) ints -> (C * tokens_per_action,) token ids."""
@@ -85,16 +100,16 @@ class ActionTokenizer:
             ids = actions.astype(np.int64).reshape(-1)
             if ids.min(initial=0) < 0 or ids.max(initial=0) >= self.bins:
                 raise ValueError(f"discrete action out of range [0, {self.bins})")
-            return ids + self.offset
+            return self._ids(ids)
         actions = actions.reshape(-1, self.dims).astype(np.float64)
         low, high = np.asarray(self.low), np.asarray(self.high)
         unit = np.clip(2 * (actions - low) / (high - low) - 1, -1, 1)
         ids = np.minimum(np.floor((unit + 1) / 2 * self.bins), self.bins - 1).astype(np.int64)
-        return ids.reshape(-1) + self.offset
+        return self._ids(ids.reshape(-1))
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """Token ids -> (C, D) float32 (continuous) or (C,) int64 (discrete)."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1) - self.offset
+        ids = self._bins(np.asarray(ids, dtype=np.int64).reshape(-1))
         if ids.min(initial=0) < 0 or ids.max(initial=0) >= self.bins:
             raise ValueError("token ids outside the action vocabulary")
         if self.kind == "discrete":

@@ -69,6 +69,12 @@ class VLAConfig:
     prompt_order: str = "frames_first"  # or "instruction_first"; checkpoints without the field are frames-first
     temperature: float = 0.0  # action sampling temperature used when a caller does not choose one (0 = greedy)
     action_head: str = "autoregressive"  # or "parallel": the whole chunk from one forward
+    # Placeholders per image when the vision path does not yield (image_size / patch_size)^2 features
+    # (a CLIP tower that drops its CLS token, a pixel-shuffle projector); set by ``fm-agent import``.
+    image_tokens: int | None = None
+    # "words": fm-agent's word-level tokenizer, one id per lower-cased word; "tokenizer": the
+    # checkpoint's own tokenizer splits the instruction (imported VLMs keep theirs).
+    instruction_tokens: str = "words"
     training: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +82,8 @@ class VLAConfig:
             raise ValueError(f"history_stride must be >= 1, got {self.history_stride}")
         if self.action_head not in ACTION_HEADS:
             raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
+        if self.instruction_tokens not in ("words", "tokenizer"):
+            raise ValueError(f"instruction_tokens must be 'words' or 'tokenizer', got {self.instruction_tokens!r}")
         if self.prompt_order not in PROMPT_ORDERS:
             raise ValueError(f"prompt_order must be one of {PROMPT_ORDERS}, got {self.prompt_order!r}")
 
@@ -93,4 +101,6 @@ class VLAConfig:
 
     @property
     def tokens_per_image(self) -> int:
+        if self.image_tokens is not None:
+            return self.image_tokens
         return (self.image_size // self.backbone.patch_size) ** 2

@@ -36,7 +36,8 @@ from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
 from ..attention.fast_decode import FastDecoder
 from ..attention.generation import continue_decoding, prefill
 from .action_tokenizer import ActionTokenizer
-from .configuration_vla import VLAConfig
+from .checkpoint import CheckpointError, check_files, validate_policy
+from .configuration_vla import POLICY_FILE, VLAConfig
 from .history import Frame
 from .processor import Observation, PreparedObservation, VLAProcessor, fit_image, token_id
 from .text_tokenizer import IMAGE, build_tokenizer
@@ -150,16 +151,31 @@ class VLAPolicy:
         self.config.save(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, fast_decode: bool = True, reuse_vision: bool = True) -> VLAPolicy:
-        """Load an fm-agent checkpoint, or any local LLaVA-family folder that carries ``fm_agent_policy.json``;
-        ``fast_decode=False`` keeps transformers' forward for every decode step and ``reuse_vision=False``
-        encodes every frame of every step (the reference paths)."""
+    def from_pretrained(
+        cls, folder: str | Path, fast_decode: bool = True, reuse_vision: bool = True, validate: bool = True
+    ) -> VLAPolicy:
+        """Load a checkpoint folder (format: fm_agent/model/checkpoint.py, docs/checkpoints.md).
+
+        ``validate`` cross-checks the model, tokenizer and policy files and runs one dummy step, so a
+        broken checkpoint fails here with a :class:`CheckpointError` naming the file and field, not at
+        a client's first request. ``fast_decode=False`` keeps transformers' forward for every decode
+        step and ``reuse_vision=False`` encodes every frame of every step (the reference paths)."""
         folder = Path(folder)
-        config = VLAConfig.load(folder)
+        check_files(folder)
+        try:
+            config = VLAConfig.load(folder)
+        except (TypeError, ValueError, KeyError) as error:
+            raise CheckpointError(folder, POLICY_FILE, "contents", str(error)) from error
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         tokenizer.padding_side = "left"
         model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
-        return cls(model, tokenizer, config, fast_decode, reuse_vision)
+        try:
+            policy = cls(model, tokenizer, config, fast_decode, reuse_vision)
+        except ValueError as error:
+            raise CheckpointError(folder, POLICY_FILE, "contents", str(error)) from error
+        if validate:
+            validate_policy(policy, folder)
+        return policy
 
     # -- inputs (the processor's; kept here so a policy is one object to hand around) ---------------
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:

@@ -92,7 +92,11 @@ class VLAProcessor:
     def prompt_ids(self, instruction: str, proprio: np.ndarray | None) -> list[int]:
         if not instruction or not instruction.strip():
             raise ValueError("the instruction is empty")
-        text = [self._ids[INSTRUCTION], *cast(list[int], self.tokenizer.convert_tokens_to_ids(words(instruction)))]
+        if self.config.instruction_tokens == "tokenizer":
+            words_ids = self.tokenizer(instruction, add_special_tokens=False)["input_ids"]
+        else:
+            words_ids = self.tokenizer.convert_tokens_to_ids(words(instruction))
+        text = [self._ids[INSTRUCTION], *cast(list[int], words_ids)]
         frame = [self._ids[FRAME], *[self.image_token_id] * (self.config.tokens_per_image * len(self.config.cameras))]
         frames = frame * self.config.history
         ids = [self._ids[BOS], *(text + frames if self.config.prompt_order == "instruction_first" else frames + text)]

@@ -84,3 +84,44 @@ class TrainConfig:
                 f"--hidden {self.hidden} / --heads {self.heads} / --kv-heads {self.kv_heads}: heads must "
                 "divide hidden and kv-heads must divide heads"
             )
+
+
+@dataclass(kw_only=True)
+class ImportConfig:
+    """Turn your own transformers VLM folder (save_pretrained of an image-text-to-text model, with its
+    tokenizer) into a servable fm-agent policy: fm-agent's reserved tokens added to its tokenizer,
+    embeddings resized, image-token id and tokens per image read off the model, action statistics from
+    demonstrations or given. The result is validated (one dummy step) before the command succeeds.
+    Format: docs/checkpoints.md."""
+
+    vlm: Path
+    """the transformers model folder (config.json, weights, tokenizer files)"""
+    out: Path
+    """the fm-agent checkpoint folder to write (replaced if it exists)"""
+    preset: Literal["babyai", "libero"]
+    """cameras, history, chunk and action kind of the environment family"""
+    demos: Path | None = None
+    """recorded demonstrations: action bin statistics (1st/99th percentiles) and proprio ranges"""
+    action_low: tuple[float, ...] = ()
+    """or the per-dimension action range itself (continuous presets without --demos)"""
+    action_high: tuple[float, ...] = ()
+    convention: Literal["fm_agent", "openvla"] = "fm_agent"
+    """action tokens: fm-agent's own <aK> tokens added to the vocabulary, or OpenVLA's (bin k = the k-th id
+    from the end of the original vocabulary)"""
+    bins: int = 256
+    history: int | None = None
+    """frames per camera in the prompt (default: the preset's)"""
+    chunk: int | None = None
+    """actions per call (default: the preset's)"""
+
+    def validate(self) -> None:
+        if not (self.vlm / "config.json").exists():
+            raise ConfigError(f"--vlm {self.vlm}: no config.json there (a folder written by save_pretrained)")
+        if self.demos is not None and not self.demos.is_dir():
+            raise ConfigError(f"--demos: no such folder {self.demos}")
+        if len(self.action_low) != len(self.action_high):
+            raise ConfigError("--action-low and --action-high need one value per action dimension each")
+        if self.preset == "libero" and self.demos is None and not self.action_low:
+            raise ConfigError("continuous actions need statistics: give --demos, or --action-low and --action-high")
+        require_at_least(self, 2, "bins")
+        require_at_least(self, 1, "history", "chunk")

@@ -13,8 +13,9 @@ from tqdm import tqdm
 from ..data.episodes import load_episodes
 from ..jobs import ConfigError
 from ..model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
+from ..model.importing import ImportSpec, import_checkpoint
 from ..model.presets import PRESETS
-from .config import TrainConfig
+from .config import ImportConfig, TrainConfig
 from .loop import TrainSettings, plot_losses, save_log, train
 
 
@@ -142,4 +143,41 @@ def run_train(config: TrainConfig, command: str = "") -> int:
     plot_losses(log, config.out / "loss.png")
     save_log(log, config.out / "train_log.json")
     print(json.dumps(policy.config.training, indent=2))
+    return 0
+
+
+def run_import(config: ImportConfig, command: str = "") -> int:
+    """``fm-agent import``: a user's VLM folder -> a validated fm-agent checkpoint."""
+    config.validate()
+    preset = PRESETS[config.preset]
+    actions = proprio = None
+    if config.demos is not None:
+        episodes = load_episodes(config.demos, preset.cameras)
+        actions = np.concatenate([e.actions.reshape(len(e.actions), -1) for e in episodes])
+        samples = [e.proprio for e in episodes if e.proprio is not None]
+        proprio = np.concatenate(samples) if samples and preset.proprio else None
+    spec = ImportSpec(
+        env_family=config.preset,
+        cameras=list(preset.cameras),
+        history=config.history or preset.history,
+        chunk=config.chunk or preset.chunk,
+        convention=config.convention,
+        bins=config.bins,
+        discrete_actions=preset.discrete_actions,
+        actions=None if preset.discrete_actions else actions,
+        action_low=list(config.action_low),
+        action_high=list(config.action_high),
+        proprio=proprio,
+    )
+    try:
+        vla = import_checkpoint(config.vlm, config.out, spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    actions_line = ActionTokenizer.from_dict(vla.action_tokenizer)
+    lo, hi = actions_line.token_range()
+    print(
+        f"{config.out}: servable ({vla.tokens_per_image} tokens per image, {len(vla.cameras)} camera(s), history "
+        f"{vla.history}, action ids [{lo}, {hi}) by the {actions_line.convention} convention); "
+        f"serve it with: fm-agent serve --checkpoint {config.out}"
+    )
     return 0
