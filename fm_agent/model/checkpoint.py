@@ -104,6 +104,8 @@ def validate_policy(policy: VLAPolicy, folder: Path) -> None:
             folder, POLICY_FILE, "proprio_low / proprio_high", f"need {config.proprio_dim} values each (proprio_dim)"
         )
     vision_size = getattr(getattr(model.config, "vision_config", None), "image_size", config.image_size)
+    if isinstance(vision_size, (list, tuple)):
+        vision_size = vision_size[0]
     if isinstance(vision_size, int) and vision_size != config.image_size:
         raise CheckpointError(
             folder, POLICY_FILE, "image_size", f"is {config.image_size}, the vision tower's is {vision_size}"

@@ -11,10 +11,19 @@ PROMPT_ORDERS = ("frames_first", "instruction_first")
 ACTION_HEADS = ("autoregressive", "parallel")
 
 
+BACKBONE_FAMILIES = ("llava", "internvl")
+
+
 @dataclass
 class BackboneShape:
-    """A LLaVA backbone: SigLIP vision tower, two-layer projector, Llama decoder."""
+    """The backbone a new policy is built with.
 
+    ``family`` "llava": SigLIP vision tower, two-layer projector, Llama decoder, one token per patch.
+    "internvl": InternViT tower, pixel shuffle by 2 (four patches per token), MLP projector, Qwen2
+    decoder; ``(image_size / patch_size)`` must be even.
+    """
+
+    family: str = "llava"
     hidden: int = 192
     layers: int = 4
     heads: int = 6
@@ -82,6 +91,8 @@ class VLAConfig:
             raise ValueError(f"history_stride must be >= 1, got {self.history_stride}")
         if self.action_head not in ACTION_HEADS:
             raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
+        if self.backbone.family not in BACKBONE_FAMILIES:
+            raise ValueError(f"backbone.family must be one of {BACKBONE_FAMILIES}, got {self.backbone.family!r}")
         if self.instruction_tokens not in ("words", "tokenizer"):
             raise ValueError(f"instruction_tokens must be 'words' or 'tokenizer', got {self.instruction_tokens!r}")
         if self.prompt_order not in PROMPT_ORDERS:
@@ -103,4 +114,5 @@ class VLAConfig:
     def tokens_per_image(self) -> int:
         if self.image_tokens is not None:
             return self.image_tokens
-        return (self.image_size // self.backbone.patch_size) ** 2
+        patches = (self.image_size // self.backbone.patch_size) ** 2
+        return patches // 4 if self.backbone.family == "internvl" else patches

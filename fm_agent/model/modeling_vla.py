@@ -23,11 +23,15 @@ import numpy as np
 import torch
 from transformers import (
     AutoModelForImageTextToText,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
     SiglipVisionConfig,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -66,18 +70,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def build_backbone(
     config: VLAConfig, vocab_size: int, image_token_id: int, pad_token_id: int, seed: int = 0
-) -> LlavaForConditionalGeneration:
+) -> PreTrainedModel:
+    """A randomly initialised transformers VLM of ``config.backbone``'s family and shape."""
     shape = config.backbone
     prompt_tokens = 16 + config.history * (1 + len(config.cameras) * config.tokens_per_image) + 64
-    vision = SiglipVisionConfig(
-        hidden_size=shape.vision_hidden,
-        intermediate_size=4 * shape.vision_hidden,
-        num_hidden_layers=shape.vision_layers,
-        num_attention_heads=shape.vision_heads,
-        image_size=config.image_size,
-        patch_size=shape.patch_size,
-    )
-    text = LlamaConfig(
+    text_shape: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=shape.hidden,
         intermediate_size=shape.intermediate,
@@ -88,16 +85,47 @@ def build_backbone(
         pad_token_id=pad_token_id,
         tie_word_embeddings=True,
     )
+    torch.manual_seed(seed)
+    if shape.family == "internvl":
+        if (config.image_size // shape.patch_size) % 2:
+            raise ValueError(
+                f"internvl: image_size / patch_size = {config.image_size // shape.patch_size} patches per side must be "
+                "even (pixel shuffle merges 2 x 2)"
+            )
+        internvl = InternVLConfig(  # type: ignore[call-arg]
+            vision_config=InternVLVisionConfig(
+                hidden_size=shape.vision_hidden,
+                intermediate_size=4 * shape.vision_hidden,
+                num_hidden_layers=shape.vision_layers,
+                num_attention_heads=shape.vision_heads,
+                image_size=[config.image_size, config.image_size],
+                patch_size=[shape.patch_size, shape.patch_size],
+            ),
+            text_config=Qwen2Config(**text_shape),
+            image_token_id=image_token_id,
+            downsample_ratio=0.5,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+            attn_implementation="sdpa",
+        )
+        return InternVLForConditionalGeneration(internvl)
+    vision = SiglipVisionConfig(
+        hidden_size=shape.vision_hidden,
+        intermediate_size=4 * shape.vision_hidden,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        image_size=config.image_size,
+        patch_size=shape.patch_size,
+    )
     llava = LlavaConfig(  # type: ignore[call-arg]
         vision_config=vision,
-        text_config=text,
+        text_config=LlamaConfig(**text_shape),
         image_token_id=image_token_id,
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
         projector_hidden_act="gelu",
         attn_implementation="sdpa",
     )
-    torch.manual_seed(seed)
     return LlavaForConditionalGeneration(llava)
 
 
@@ -126,6 +154,9 @@ class VLAPolicy:
         # Each frame's vision features are computed once and reused while it stays in the history
         # (Observation.features); False encodes every frame of every step, as training does.
         self.reuse_vision = reuse_vision and hasattr(self.model.model, "get_image_features")
+        # LLaVA's forward takes cached features as a list of (tokens, hidden) per image; InternVL-style
+        # models take one (images, tokens, hidden) tensor.
+        self._features_as_list = isinstance(self.model, LlavaForConditionalGeneration)
 
     @property
     def parallel(self) -> bool:
@@ -269,7 +300,7 @@ class VLAPolicy:
             rows = torch.cat([observations[i].pixels[j * cameras : (j + 1) * cameras] for i, j in missing])
             images = self.model.model.get_image_features(pixel_values=rows).pooler_output  # [(tokens, hidden)]
             for n, key in enumerate(missing):
-                encoded[key] = torch.stack(images[n * cameras : (n + 1) * cameras])
+                encoded[key] = torch.stack(list(images[n * cameras : (n + 1) * cameras]))
         per_image: list[torch.Tensor] = []
         newest: list[torch.Tensor | None] = []
         for i, (features, same) in enumerate(slots):
@@ -279,8 +310,9 @@ class VLAPolicy:
                 frames.append(cached if cached is not None else encoded[(i, same[j])])
             per_image += [image for frame in frames for image in frame.unbind(0)]
             newest.append(frames[-1])
-        # transformers' LLaVA reads a list of per-image features from pooler_output (get_image_features' own form)
-        outputs = BaseModelOutputWithPooling(pooler_output=per_image)  # type: ignore[arg-type]
+        # each family reads pooler_output in get_image_features' own form (a list for LLaVA, a tensor otherwise)
+        pooled = per_image if self._features_as_list else torch.stack(per_image)
+        outputs = BaseModelOutputWithPooling(pooler_output=pooled)  # type: ignore[arg-type]
         return {"mm_encoder_outputs": {"image": outputs}}, newest
 
     def _predict_parallel(

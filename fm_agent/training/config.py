@@ -33,6 +33,10 @@ class TrainConfig:
     image_size: int | None = None
     bins: int = 256
     """bins per continuous action dimension"""
+    backbone: Literal["llava", "internvl"] = "llava"
+    """transformers family of a new policy: LLaVA (SigLIP + Llama) or InternVL (InternViT, pixel shuffle, Qwen2)"""
+    patch: int | None = None
+    """vision patch size (default: the preset's; internvl needs an even number of patches per side)"""
     hidden: int = 192
     layers: int = 4
     heads: int = 6
@@ -77,7 +81,7 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be within (0, 1), got {self.val_fraction}")
         require_at_least(self, 1, "steps", "batch_size", "validate_every", "threads", "bins", "hidden", "layers")
-        require_at_least(self, 1, "heads", "kv_heads", "history", "chunk", "history_stride", "image_size")
+        require_at_least(self, 1, "heads", "kv_heads", "history", "chunk", "history_stride", "image_size", "patch")
         require_at_least(self, 1, "max_episodes")
         if self.heads % self.kv_heads or self.hidden % self.heads:
             raise ConfigError(

@@ -59,7 +59,8 @@ def build_policy(
             heads=config.heads,
             kv_heads=config.kv_heads,
             intermediate=int(config.hidden * 8 / 3) // 16 * 16,
-            patch_size=preset.patch,
+            patch_size=config.patch or preset.patch,
+            family=config.backbone,
         ),
     )
     return VLAPolicy.create(vla, instructions, seed=config.seed)

@@ -3,6 +3,8 @@ the episode history. The prompt is the same, so the actions are the reference pa
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,12 +16,14 @@ from fm_agent.model import ActionTokenizer, EpisodeHistory, Observation, VLAConf
 LABELS = ("causal", "Mf/prefill", "Mv2t+merge", "Mf/full")
 
 
-def policy_pair(head: str) -> tuple[VLAPolicy, VLAPolicy]:
-    """The same random policy twice: reusing vision features, and encoding every frame of every step."""
+def policy_pair(head: str, family: str = "llava") -> tuple[VLAPolicy, VLAPolicy]:
+    """The same random policy twice: reusing vision features, and encoding every frame of every step.
+    ``family`` "internvl": InternViT + pixel shuffle + Qwen2 (patch 4: 16 patches, 4 tokens per image)."""
+    backbone = TINY if family == "llava" else dataclasses.replace(TINY, family=family, patch_size=4)
     tokenizer = ActionTokenizer.fit(np.random.default_rng(0).uniform(-1, 1, (500, 7)), bins=32, chunk=2)
     config = VLAConfig(env_family="libero", cameras=["agentview", "wrist"], image_size=16, history=3,
                        action_tokenizer=tokenizer.to_dict(), proprio_dim=8, proprio_bins=8, proprio_low=[-1.0] * 8,
-                       proprio_high=[1.0] * 8, backbone=TINY, action_head=head)  # fmt: skip
+                       proprio_high=[1.0] * 8, backbone=backbone, action_head=head)  # fmt: skip
     reusing = VLAPolicy.create(config, [INSTRUCTION], seed=3)
     with torch.no_grad():  # sharper random weights, so that what the frames hold changes the actions
         for parameter in reusing.model.parameters():
@@ -36,11 +40,12 @@ def frames(steps: int, policy: VLAPolicy) -> list[dict[str, np.ndarray]]:
             for _ in range(steps)]  # fmt: skip
 
 
+@pytest.mark.parametrize("family", ["llava", "internvl"])
 @pytest.mark.parametrize("head", ["autoregressive", "parallel"])
 @pytest.mark.parametrize("label", LABELS)
-def test_an_episode_with_reused_features_acts_like_one_without(head, label) -> None:
+def test_an_episode_with_reused_features_acts_like_one_without(head, label, family) -> None:
     torch.set_num_threads(1)
-    reusing, reference = policy_pair(head)
+    reusing, reference = policy_pair(head, family)
     spec = FutureMaskSpec.parse(label)
     history = EpisodeHistory(reusing.config.history)
     for step, frame in enumerate(frames(6, reusing)):
