@@ -17,8 +17,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet torch==2.13.0
   # the client distribution first (fm-agent depends on it), both editable, in one resolve
   .venv/bin/python -m pip install --quiet -e ./client -e '.[test,envs]'
-  # openpi's client protocol, for the transport benchmark's side-by-side path. --no-deps: its
-  # metadata asks for numpy<2, though the two modules the benchmark uses run on ours.
-  .venv/bin/python -m pip install --quiet --no-deps openpi-client==0.1.2 msgpack==1.2.4 websockets==17.4
+  # openpi's real client, for the tests of the openpi endpoint and the transport benchmark. --no-deps:
+  # its metadata asks for numpy<2, though the modules used here run on ours (msgpack and websockets
+  # are fm-agent's own dependencies).
+  .venv/bin/python -m pip install --quiet --no-deps openpi-client==0.1.2
   echo "$want" > "$stamp"
 fi

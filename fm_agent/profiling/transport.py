@@ -38,6 +38,7 @@ from fm_agent_client import PolicyClient
 
 from ..model import Observation, VLAPolicy
 from ..serving.local import LocalServer
+from ..serving.openpi import OpenpiMapping
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -197,7 +198,7 @@ def run_transport_benchmark(
         policy.predict([Observation(history, instruction, proprio)])
 
     with contextlib.ExitStack() as stack:
-        server = LocalServer(checkpoint, threads=1)
+        server = LocalServer(checkpoint, ("--openpi-port", "0"), threads=1)
         address = server.start()
         stack.callback(server.stop)
         client = stack.enter_context(PolicyClient(address))
@@ -219,6 +220,17 @@ def run_transport_benchmark(
         }
         try:
             from openpi_client.websocket_client_policy import WebsocketClientPolicy  # noqa: PLC0415  (optional)
+
+            # fm-agent's own openpi endpoint (fm-agent serve --openpi-port), inside the gRPC server's process
+            keys = OpenpiMapping.default(policy.config.cameras).cameras
+            endpoint_obs: dict[str, Any] = {
+                k: images[c][:, ::-1] for k, c in keys.items()
+            }  # the default flip undoes it
+            endpoint_obs["prompt"] = instruction
+            if proprio is not None:
+                endpoint_obs["observation/state"] = proprio
+            endpoint = WebsocketClientPolicy(f"ws://{server.openpi_address}")
+            paths["fm_agent_openpi_endpoint"] = lambda: endpoint.infer(endpoint_obs)["server_timing"]["infer_ms"]
 
             ws = _WebsocketProcess("msgpack", checkpoint)
             stack.callback(ws.stop)
@@ -300,6 +312,7 @@ LABELS = {
     "grpc_no_deadline": "gRPC Act (no deadline)",
     "grpc_stream": "gRPC StreamAct",
     "grpc_stream_threaded": "gRPC StreamAct, threaded",
+    "fm_agent_openpi_endpoint": "fm-agent openpi endpoint",
     "openpi_msgpack_websocket": "openpi msgpack/websocket",
     "pickle_websocket": "pickle/websocket",
 }

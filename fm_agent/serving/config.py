@@ -55,6 +55,17 @@ class ServeConfig:
     tokens, about twice the decode time; for comparisons)"""
     json_logs: bool = False
     """one JSON object per log line"""
+    openpi_port: int | None = None
+    """also serve openpi's websocket policy protocol (openpi_client.WebsocketClientPolicy) on this port; 0 = a
+    free one (printed, and written to --ready-file as "openpi")"""
+    openpi_camera: tuple[str, ...] = ()
+    """openpi observation KEY=CAMERA pairs (default: observation/image and observation/wrist_image onto the
+    policy's cameras in order, as openpi's LIBERO example sends them)"""
+    openpi_state_key: str = "observation/state"
+    openpi_prompt_key: str = "prompt"
+    openpi_flip: Literal["none", "horizontal", "vertical", "rot180"] = "horizontal"
+    """applied to openpi images first: openpi's LIBERO example rotates views by 180 degrees, fm-agent's LIBERO
+    policies read them flipped vertically only, so "horizontal" undoes the difference"""
     ready_file: Path | None = None
     """once serving, write {"address", "pid"} as JSON here (atomically): how a parent process learns the port"""
 
@@ -74,6 +85,11 @@ class ServeConfig:
         self.default_spec()
         if not self.checkpoint.exists():
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
+        for pair in self.openpi_camera:
+            if pair.count("=") != 1 or not all(pair.split("=")):
+                raise ConfigError(f"--openpi-camera {pair!r}: give KEY=CAMERA, e.g. observation/image=agentview")
+        if self.openpi_port is not None and not 0 <= self.openpi_port < 65536:
+            raise ConfigError(f"--openpi-port must be a port number, got {self.openpi_port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         require_at_least(self, 1, "max_episodes", "max_batch", "max_message_mb", "decode_threads", "threads")

@@ -11,8 +11,10 @@ import traceback
 
 import torch
 
+from ..jobs import ConfigError
 from ..model import VLAPolicy
 from .config import ServeConfig
+from .openpi import OpenpiMapping
 from .server import PortInUse, ServerSettings, serve
 
 
@@ -30,6 +32,26 @@ class JsonLogFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = "".join(traceback.format_exception(*record.exc_info))
         return json.dumps(entry)
+
+
+def openpi_mapping(config: ServeConfig, cameras: list[str]) -> OpenpiMapping | None:
+    """The --openpi-* flags as a mapping, or None when no openpi endpoint runs."""
+    if config.openpi_port is None:
+        return None
+    pairs = dict(pair.split("=") for pair in config.openpi_camera)
+    mapping = OpenpiMapping(pairs) if pairs else OpenpiMapping.default(cameras)
+    mapping.state_key, mapping.prompt_key, mapping.flip = (
+        config.openpi_state_key,
+        config.openpi_prompt_key,
+        config.openpi_flip,
+    )
+    unknown = sorted(set(mapping.cameras.values()) - set(cameras))
+    missing = sorted(set(cameras) - set(mapping.cameras.values()))
+    if unknown or missing:
+        raise ConfigError(
+            f"--openpi-camera: the policy's cameras are {cameras} (unknown {unknown}, unmapped {missing})"
+        )
+    return mapping
 
 
 def run_serve(config: ServeConfig, command: str = "") -> int:
@@ -57,6 +79,8 @@ def run_serve(config: ServeConfig, command: str = "") -> int:
         model_name=config.checkpoint.name,
         limits=config.limits,
         decode_threads=config.decode_threads,
+        openpi_port=config.openpi_port,
+        openpi_mapping=openpi_mapping(config, policy.config.cameras),
     )
     try:
         return asyncio.run(serve(policy, settings, ready_file=config.ready_file))

@@ -30,6 +30,7 @@ class LocalServer:
         self.checkpoint, self.extra_args, self.threads = Path(checkpoint), extra_args, threads
         self.process: subprocess.Popen | None = None
         self.address = f"127.0.0.1:{port}" if port else ""
+        self.openpi_address: str | None = None  # host:port of the openpi websocket endpoint (--openpi-port)
         self.log: deque[str] = deque(maxlen=2000)
         self._reader: threading.Thread | None = None
         self._folder = tempfile.TemporaryDirectory(prefix="fm-agent-server-")
@@ -68,7 +69,8 @@ class LocalServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready_file.exists():
-                self.address = json.loads(self.ready_file.read_text())["address"]
+                ready = json.loads(self.ready_file.read_text())
+                self.address, self.openpi_address = ready["address"], ready.get("openpi")
                 return self.address
             if self.process.poll() is not None:
                 self._reader.join(5)

@@ -67,6 +67,8 @@ class ServerSettings:
     model_name: str = ""
     limits: Limits = field(default_factory=Limits)
     decode_threads: int = 2  # image decoding and request preparation, off the event loop
+    openpi_port: int | None = None  # also speak openpi's websocket protocol there (0 = a free port)
+    openpi_mapping: Any = None  # openpi.OpenpiMapping; None = openpi's LIBERO keys onto the policy's cameras
 
 
 class PortInUse(RuntimeError):
@@ -171,18 +173,8 @@ class PolicyServicer:
 
     async def _start(self, request) -> pb.StartEpisodeResponse:
         _well_formed(request)
-        prompt_length = self._check_instruction(request.instruction)
-        spec = spec_from_message(request.mask, self.default_spec, prompt_length)
-        temperature = request.temperature if request.HasField("temperature") else self.policy.config.temperature
-        if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
-            raise invalid(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {temperature}")
-        self._evict()
-        episode = self.episodes.start(request.instruction, spec, request.seed, temperature)
-        log.info(
-            json.dumps(
-                {"event": "start_episode", "episode": episode.id, "mask": spec.label, "temperature": temperature}
-            )
-        )
+        temperature = request.temperature if request.HasField("temperature") else None
+        episode = self.start_episode(request.instruction, request.mask, request.seed, temperature)
         return pb.StartEpisodeResponse(episode_id=episode.id)
 
     async def EndEpisode(self, request, context) -> pb.EndEpisodeResponse:
@@ -205,6 +197,12 @@ class PolicyServicer:
         """Decode, fit and check one request (in a decoder thread, under the episode's lock)."""
         cfg = self.policy.config
         frame, proprio = decode_observation(request.observation, cfg.cameras, cfg.proprio_dim, self.limits)
+        return self.prepare_frame(frame, proprio, episode)
+
+    def prepare_frame(
+        self, frame: dict[str, np.ndarray], proprio: np.ndarray | None, episode: Episode
+    ) -> tuple[dict, PreparedObservation]:
+        """A decoded frame (cameras at any size within the limits) fitted and turned into model inputs."""
         try:
             frame = self.policy.check_frame(frame)
             generator = step_generator(episode.seed, episode.steps) if episode.temperature > 0 else None
@@ -220,19 +218,23 @@ class PolicyServicer:
         except ValueError as error:
             raise invalid(str(error)) from None
 
-    async def _act(self, request, context) -> pb.ActResponse:
-        received = time.perf_counter()
-        episode = self.episodes.get(_well_formed(request).episode_id)
+    async def step(
+        self,
+        episode: Episode,
+        prepare: Callable[[], tuple[dict, PreparedObservation]],
+        deadline: float | None = None,
+    ) -> tuple[Any, int, float]:
+        """One control step of ``episode``, whatever the wire: ``prepare`` runs in a decoder thread under
+        the episode's lock, the model in its worker; the frame is committed only once the action exists.
+        Returns the worker's result, the step index and when decoding finished (perf_counter)."""
         stalled = self.worker.busy_for()
         if stalled > self.limits.stall_timeout_s:
             raise RequestError(
                 grpc.StatusCode.UNAVAILABLE, f"the model worker has made no progress for {stalled:.0f} s; retry later"
             )
-        remaining = context.time_remaining() if context is not None else None
-        deadline = time.monotonic() + remaining if remaining is not None else None
         loop = asyncio.get_running_loop()
         async with episode.lock:
-            frame, prepared = await loop.run_in_executor(self.decoder, self._prepare, request, episode)
+            frame, prepared = await loop.run_in_executor(self.decoder, prepare)
             decoded = time.perf_counter()
             try:
                 batched = await self.worker.submit(prepared, episode.spec, deadline)
@@ -244,6 +246,30 @@ class PolicyServicer:
             episode.history.append(frame, batched.result.frame_features)
             step = episode.steps
             episode.steps += 1
+        return batched, step, decoded
+
+    def start_episode(self, instruction: str, mask: pb.MaskOptions, seed: int, temperature: float | None) -> Episode:
+        """Check and open an episode (gRPC StartEpisode and the openpi endpoint alike)."""
+        prompt_length = self._check_instruction(instruction)
+        spec = spec_from_message(mask, self.default_spec, prompt_length)
+        temperature = self.policy.config.temperature if temperature is None else temperature
+        if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
+            raise invalid(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {temperature}")
+        self._evict()
+        episode = self.episodes.start(instruction, spec, seed, temperature)
+        log.info(
+            json.dumps(
+                {"event": "start_episode", "episode": episode.id, "mask": spec.label, "temperature": temperature}
+            )
+        )
+        return episode
+
+    async def _act(self, request, context) -> pb.ActResponse:
+        received = time.perf_counter()
+        episode = self.episodes.get(_well_formed(request).episode_id)
+        remaining = context.time_remaining() if context is not None else None
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        batched, step, decoded = await self.step(episode, lambda: self._prepare(request, episode), deadline)
         result, timings = batched.result, batched.result.timings_ms
         response = pb.ActResponse(episode_id=episode.id, step=step, chunk=self.policy.actions.chunk)
         if self.policy.actions.kind == "continuous":
@@ -368,6 +394,8 @@ class PolicyServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         enable_reflection([SERVICE_NAME, health.SERVICE_NAME], self.server)
         self.port = 0
+        self.openpi: Any = None
+        self.openpi_port = 0
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> int:
@@ -390,6 +418,19 @@ class PolicyServer:
                 "address is not this machine's; choose another --port or stop the other server"
             )
         await self.server.start()
+        if settings.openpi_port is not None:
+            from .openpi import OpenpiEndpoint, OpenpiMapping  # noqa: PLC0415  (openpi.py builds on this module)
+
+            mapping = settings.openpi_mapping or OpenpiMapping.default(self.servicer.policy.config.cameras)
+            self.openpi = OpenpiEndpoint(self.servicer, mapping, settings.token)
+            try:
+                self.openpi_port = await self.openpi.start(settings.host, settings.openpi_port)
+            except OSError as error:
+                await self.server.stop(0)
+                self.servicer.close()
+                raise PortInUse(
+                    f"cannot listen on {settings.host}:{settings.openpi_port} (--openpi-port): {error}"
+                ) from None
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         period = max(1.0, min(30.0, settings.idle_timeout_s / 4))
@@ -416,15 +457,20 @@ class PolicyServer:
             task.cancel()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.openpi is not None:
+            await self.openpi.stop()
         await self.server.stop(self.settings.grace_s)
         self.servicer.close()
         log.info(json.dumps({"event": "stopped"}))
 
 
-def write_ready_file(path: Path, address: str) -> None:
-    """``{"address": "host:port", "pid": N}``, renamed into place so a reader never sees half a file."""
+def write_ready_file(path: Path, address: str, openpi: str | None = None) -> None:
+    """``{"address": "host:port", "pid": N}`` (+ ``"openpi"``), renamed into place so a reader never sees half a file."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"address": address, "pid": os.getpid()}))
+    record: dict[str, Any] = {"address": address, "pid": os.getpid()}
+    if openpi is not None:
+        record["openpi"] = openpi
+    partial.write_text(json.dumps(record))
     os.replace(partial, path)
 
 
@@ -439,12 +485,15 @@ async def serve(
     port = await server.start()
     address = f"{settings.host}:{port}"
     print(f"fm-agent serving {settings.model_name or 'policy'} on {address}", flush=True)
+    if server.openpi is not None:
+        print(f"fm-agent openpi websocket endpoint on ws://{settings.host}:{server.openpi_port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if ready_file is not None:
-        write_ready_file(ready_file, address)
+        openpi = f"{settings.host}:{server.openpi_port}" if server.openpi is not None else None
+        write_ready_file(ready_file, address, openpi)
     if ready is not None:
         ready.set()
     try:

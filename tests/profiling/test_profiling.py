@@ -105,7 +105,11 @@ def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
         paths = report["orderings"][ordering]["paths"]
         assert {"in_process_step", "grpc", "grpc_no_deadline", "grpc_stream", "grpc_stream_threaded"} <= set(paths)
         assert set(paths) | set(report["skipped"]) >= {"openpi_msgpack_websocket", "pickle_websocket"}
-        for name, module in (("openpi_msgpack_websocket", "openpi_client"), ("pickle_websocket", "websockets")):
+        for name, module in (
+            ("openpi_msgpack_websocket", "openpi_client"),
+            ("fm_agent_openpi_endpoint", "openpi_client"),
+            ("pickle_websocket", "websockets"),
+        ):
             if importlib.util.find_spec(module) is not None:  # launch/setup.sh installs both
                 assert name in paths, report["skipped"].get(name)
         assert all(paths[name]["transport"]["n"] == 2 for name in paths if name != "in_process_step")
