@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fm_agent_client.executor import ExecutorOptions
+
 from ..jobs import ConfigError, check_masks, require_at_least
 
 
@@ -42,8 +44,28 @@ class ServerEvalConfig:
     """re-runs of an episode after a server/env failure"""
     temperature: float | None = None
     """action sampling temperature, 0 = greedy (default: the checkpoint's own); each episode's seed seeds its draws"""
+    executor: Literal["off", "latest", "average", "ensemble"] = "off"
+    """execute chunks with the client's ChunkExecutor, merging overlapping chunks this way (off: each chunk
+    open-loop, then the next call, as before)"""
+    prefetch: int = 0
+    """with --executor: ask for the next chunk when this many actions are left (0: when the queue is empty)"""
+    control_hz: float | None = None
+    """with --executor: execute at this fixed rate (default: as fast as the simulator steps)"""
+
+    def executor_options(self) -> ExecutorOptions | None:
+        if self.executor == "off":
+            return None
+        return ExecutorOptions(control_hz=self.control_hz, prefetch_threshold=self.prefetch, aggregate=self.executor)
 
     def validate(self) -> None:
+        if self.executor == "off" and (self.prefetch or self.control_hz is not None):
+            raise ConfigError("--prefetch and --control-hz need --executor latest|average|ensemble")
+        try:
+            options = self.executor_options()
+            if options is not None:
+                options.check()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         check_masks(self.masks)
         require_at_least(self, 1, "workers", "max_steps", "server_threads")
         require_at_least(self, 0, "retries", "videos")

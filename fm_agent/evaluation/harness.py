@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from envs import make_env
 from fm_agent_client import FutureMaskSpec, PolicyClient
+from fm_agent_client.executor import ExecutorOptions
 
 from ..serving.local import LocalServer
 from .config import ServerEvalConfig
@@ -113,6 +114,7 @@ def run_jobs(
     restart: Callable[[], str] | None = None,
     retries: int = 1,
     temperature: float | None = None,
+    executor: ExecutorOptions | None = None,
 ) -> list[dict]:
     """Runs ``jobs`` in this process against the server at ``address``; returns the episode rows."""
     rows, envs, actors = [], {}, {}
@@ -130,7 +132,9 @@ def run_jobs(
                     recorder = _Recorder(env, video_camera) if video_camera and job.episode < videos else None
                     target = recorder or env
                     options = {"init_state": job.init_state} if job.init_state is not None else None
-                    result = run_episode(target, actors[job.mask], job.env, job.episode, job.seed, options, max_steps)
+                    result = run_episode(
+                        target, actors[job.mask], job.env, job.episode, job.seed, options, max_steps, executor
+                    )
                     if recorder is not None:
                         name = f"{job.mask.replace('/', '_')}__{job.env.replace(':', '_').replace('/', '_')}__{job.episode}.mp4"
                         _save_video(recorder.frames, out / "videos" / name)
@@ -268,7 +272,7 @@ class _Borrowed:
 
 
 def _worker(args: tuple) -> dict:
-    job, address, env_kwargs, out, camera, videos, max_steps, retries, temperature = args
+    job, address, env_kwargs, out, camera, videos, max_steps, retries, temperature, executor = args
     os.environ.setdefault("MUJOCO_GL", "egl")
     rows = run_jobs(
         [job],
@@ -281,6 +285,7 @@ def _worker(args: tuple) -> dict:
         None,
         retries,
         temperature,
+        executor,
     )
     if rows[0].get("error"):  # the simulator may be what failed: the next job in this worker builds a fresh one
         crashed = _WORKER_ENVS.pop(job.env, None)
@@ -321,6 +326,9 @@ def evaluate(
         threads = args.server_threads or server_threads_beside(args.workers)
         server = LocalServer(Path(args.checkpoint), threads=threads)
         address = server.start()
+    options = args.executor_options()
+    if options is not None:
+        extra = {**extra, "executor": asdict(options)}
     extra = {**extra, "temperature": args.temperature if args.temperature is not None else _served_temperature(address)}
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", unit="ep")
     try:
@@ -339,6 +347,7 @@ def evaluate(
                             args.max_steps,
                             args.retries,
                             args.temperature,
+                            args.executor_options(),
                         )
                         for job in todo
                     ],
@@ -364,6 +373,7 @@ def evaluate(
                     restart,
                     args.retries,
                     args.temperature,
+                    args.executor_options(),
                 )
                 if server is not None and server.address:
                     address = server.address

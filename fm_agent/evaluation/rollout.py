@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fm_agent_client.executor import ChunkExecutor, ExecutorOptions, action_jerk
+
 
 class Actor(Protocol):
     def start_episode(self, instruction: str, seed: int = 0) -> None:
@@ -55,16 +57,34 @@ class EpisodeResult:
     env_ms: list[float] = field(default_factory=list)
     server_ms: dict[str, list[float]] = field(default_factory=dict)
     error: str | None = None
+    action_jerk: float | None = None  # mean |second difference| of the executed continuous actions
+    executor: dict[str, float] | None = None  # ChunkExecutor statistics, when one executed the chunks
 
 
 def run_episode(
-    env, actor: Actor, env_name: str, episode: int, seed: int, options: dict | None = None, max_steps: int | None = None
+    env,
+    actor: Actor,
+    env_name: str,
+    episode: int,
+    seed: int,
+    options: dict | None = None,
+    max_steps: int | None = None,
+    executor: ExecutorOptions | None = None,
 ) -> EpisodeResult:
     obs, info = env.reset(seed=seed, options=options)
     actor.start_episode(info["instruction"], seed)
     result = EpisodeResult(env_name, episode, seed, False, 0)
     limit = max_steps or env.max_steps
     blind_steps = bool(getattr(env, "supports_blind_steps", False))
+    if executor is not None:
+        try:
+            info = _run_with_executor(env, actor, obs, info, result, limit, blind_steps, executor)
+            result.success = bool(info.get("success", False))
+            result.metadata = {k: info[k] for k in METADATA_KEYS if k in info}
+        finally:
+            actor.end_episode()
+        return result
+    executed: list[np.ndarray] = []
     try:
         done = False
         while not done and result.steps < limit:
@@ -77,6 +97,7 @@ def run_episode(
             for index, action in enumerate(chunk):
                 start = time.perf_counter()
                 action = action if np.ndim(action) else int(action)
+                executed.append(np.asarray(action))
                 if blind_steps and index < len(chunk) - 1:  # the policy will not read this step's images
                     obs, _, terminated, truncated, info = env.step(action, render=False)
                 else:
@@ -87,12 +108,56 @@ def run_episode(
                 if done:
                     break
         result.success = bool(info.get("success", False))
-        result.metadata = {
-            k: info[k] for k in ("has_location_phrase", "num_subgoals", "sequence", "init_state") if k in info
-        }
+        result.metadata = {k: info[k] for k in METADATA_KEYS if k in info}
+        result.action_jerk = _jerk(executed)
     finally:
         actor.end_episode()
     return result
+
+
+METADATA_KEYS = ("has_location_phrase", "num_subgoals", "sequence", "init_state")
+
+
+def _jerk(executed: list[np.ndarray]) -> float | None:
+    if not executed or np.asarray(executed[0]).dtype.kind in "iu":
+        return None  # discrete actions have no smoothness
+    return action_jerk(np.stack(executed))
+
+
+def _run_with_executor(
+    env, actor: Actor, obs, info, result: EpisodeResult, limit: int, blind_steps: bool, options: ExecutorOptions
+) -> dict:
+    """The loop a robot controller runs: one action per tick from a :class:`ChunkExecutor`, which asks the
+    actor for the next chunk in a background thread (with prefetch, while the robot still moves) and
+    merges overlapping chunks. Cameras are rendered only at ticks where the next call starts."""
+
+    def infer(observation: dict[str, Any]) -> np.ndarray:
+        start = time.perf_counter()
+        actions, timings = actor.act(observation)
+        result.policy_ms.append((time.perf_counter() - start) * 1e3)
+        for key, value in timings.items():
+            result.server_ms.setdefault(key, []).append(value)
+        return np.asarray(actions)
+
+    executed: list[np.ndarray] = []
+    with ChunkExecutor(infer, options) as executor:
+        done = False
+        while not done and result.steps < limit:
+            chosen = executor.step(obs if executor.needs_observation() else None)
+            executed.append(np.asarray(chosen))
+            action: Any = chosen if np.ndim(chosen) else int(chosen)
+            start = time.perf_counter()
+            render = executor.needs_observation() or not blind_steps
+            if render:
+                obs, _, terminated, truncated, info = env.step(action)
+            else:  # the next tick starts no call: nobody reads this step's images
+                obs, _, terminated, truncated, info = env.step(action, render=False)
+            result.env_ms.append((time.perf_counter() - start) * 1e3)
+            result.steps += 1
+            done = terminated or truncated
+        result.executor = executor.stats.summary()
+    result.action_jerk = _jerk(executed)
+    return info
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -160,6 +225,18 @@ def summarise(
     }
     for key in sorted({k for r in ok for k in r.server_ms}):
         summary["latency_ms"][key] = percentiles([x for r in ok for x in r.server_ms.get(key, [])])
+    jerks = [r.action_jerk for r in ok if r.action_jerk is not None]
+    if jerks:
+        summary["action_jerk"] = percentiles(jerks)  # per episode: mean |second difference| of the actions
+    runs = [r.executor for r in ok if r.executor]
+    if runs:  # what the robot saw under the chunk executor, summed over the episodes
+        totals = {
+            key: sum(run[key] for run in runs)
+            for key in ("ticks", "requests", "waits", "wait_s", "dropped", "merged", "late_ticks")
+        }
+        totals["wait_fraction"] = totals["waits"] / max(1.0, totals["ticks"])
+        totals["mean_wait_ms"] = 1e3 * totals["wait_s"] / max(1.0, totals["waits"])
+        summary["executor"] = totals
     return summary
 
 
