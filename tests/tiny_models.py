@@ -22,6 +22,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
     Mistral3Config,
     Mistral3ForConditionalGeneration,
     MistralConfig,
@@ -341,3 +343,18 @@ def llava_next_inputs() -> dict[str, torch.Tensor]:
         "pixel_values": pixels,
         "image_sizes": torch.tensor([[16, 16], [16, 16]]),
     }
+
+
+def tiny_llava_onevision(seed: int = 0, attn: str = "sdpa") -> LlavaOnevisionForConditionalGeneration:
+    """LLaVA-OneVision: SigLIP + a Qwen2 decoder, any-resolution tiling (10 tokens per 16 px image, as NeXT)."""
+    torch.manual_seed(seed)
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(**VISION_TINY, image_size=16, patch_size=8),
+        text_config=dict(model_type="qwen2", **TEXT_TINY),
+        image_token_index=LLAVA_IMAGE_TOKEN,
+        image_grid_pinpoints=[[16, 16]],
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        attn_implementation=attn,
+    )
+    return LlavaOnevisionForConditionalGeneration(config).eval()

@@ -30,6 +30,7 @@ from tiny_models import (
     tiny_internvl,
     tiny_llava,
     tiny_llava_next,
+    tiny_llava_onevision,
     tiny_mistral3,
     tiny_paligemma,
     tiny_qwen2_5_vl,
@@ -95,6 +96,7 @@ FAMILIES = {
     "mistral3_window": Family(lambda attn: tiny_mistral3(attn=attn), mistral3_inputs),
     "mistral3": Family(lambda attn: tiny_mistral3(attn=attn, window=None), mistral3_inputs),
     "llava_next": Family(lambda attn: tiny_llava_next(attn=attn), llava_next_inputs),
+    "llava_onevision": Family(lambda attn: tiny_llava_onevision(attn=attn), llava_next_inputs),
 }
 
 
@@ -227,7 +229,7 @@ def test_decode_after_merged_prefill_equals_causal_decode(name: str, label: str)
 
 
 @pytest.mark.parametrize("label", ["Mf/full", "Mv2t/full", "Mv2v/full"])
-@pytest.mark.parametrize("name", ["llava_mistral_window", "paligemma_prefix", "gemma3", "qwen2_vl_window"])
+@pytest.mark.parametrize("name", [name for name, family in FAMILIES.items() if not family.sdpa_bidirectional])
 def test_full_mode_decoding_equals_the_reference_over_the_whole_sequence(name: str, label: str) -> None:
     """Each decode step's logits equal one reference forward over prompt + generated tokens, with the
     per-token input grown the family's own way (PaliGemma: generated tokens are suffix, type 1)."""
