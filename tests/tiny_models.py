@@ -42,6 +42,18 @@ LLAVA_IMAGE_TOKEN = 60
 LLAVA_TOKENS_PER_IMAGE = 4  # (16 / 8) ** 2 patches, CLS dropped
 QWEN_IMAGE_TOKEN, QWEN_VISION_START, QWEN_VISION_END = 61, 62, 63
 QWEN_TOKENS_PER_IMAGE = 4  # grid 1 x 4 x 4 patches merged 2 x 2
+# Decoder and vision-tower shapes shared by the families below (4 query / 2 KV heads, one vision layer).
+TEXT_TINY = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+)
+VISION_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
 
 
 def tiny_llava(seed: int = 0, attn: str = "sdpa", window: int | None = None) -> LlavaForConditionalGeneration:
@@ -49,17 +61,7 @@ def tiny_llava(seed: int = 0, attn: str = "sdpa", window: int | None = None) -> 
 
     ``window``: a Mistral decoder with that sliding window instead (every layer windowed)."""
     torch.manual_seed(seed)
-    shape = dict(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    text = LlamaConfig(**shape) if window is None else MistralConfig(**shape, head_dim=8, sliding_window=window)
+    text = LlamaConfig(**TEXT_TINY) if window is None else MistralConfig(**TEXT_TINY, head_dim=8, sliding_window=window)
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -150,18 +152,8 @@ def qwen_inputs(frames: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
     }
 
 
-SIGLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16)
-GEMMA_TINY = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=256,
-    pad_token_id=0,
-)
+SIGLIP_TINY = dict(**VISION_TINY, image_size=16)
+GEMMA_TINY = dict(**TEXT_TINY, head_dim=8)
 GEMMA3_IMAGE_TOKEN, GEMMA3_BOI, GEMMA3_EOI = 60, 58, 59
 
 
@@ -213,20 +205,6 @@ def gemma3_inputs(token_types: bool = True) -> dict[str, torch.Tensor]:
     if token_types:
         inputs["token_type_ids"] = (ids == GEMMA3_IMAGE_TOKEN).long()
     return inputs
-
-
-# Decoders of the families below; the image placeholder is LLAVA_IMAGE_TOKEN throughout.
-TEXT_TINY = dict(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    pad_token_id=0,
-)
-VISION_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
 
 
 def interleaved_prompt(tokens_per_image: int, frames: int = 2) -> torch.Tensor:

@@ -347,7 +347,7 @@ def evaluate(
                             args.max_steps,
                             args.retries,
                             args.temperature,
-                            args.executor_options(),
+                            options,
                         )
                         for job in todo
                     ],
@@ -373,7 +373,7 @@ def evaluate(
                     restart,
                     args.retries,
                     args.temperature,
-                    args.executor_options(),
+                    options,
                 )
                 if server is not None and server.address:
                     address = server.address

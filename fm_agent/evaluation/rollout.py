@@ -76,43 +76,50 @@ def run_episode(
     result = EpisodeResult(env_name, episode, seed, False, 0)
     limit = max_steps or env.max_steps
     blind_steps = bool(getattr(env, "supports_blind_steps", False))
-    if executor is not None:
-        try:
-            info = _run_with_executor(env, actor, obs, info, result, limit, blind_steps, executor)
-            result.success = bool(info.get("success", False))
-            result.metadata = {k: info[k] for k in METADATA_KEYS if k in info}
-        finally:
-            actor.end_episode()
-        return result
-    executed: list[np.ndarray] = []
     try:
-        done = False
-        while not done and result.steps < limit:
-            start = time.perf_counter()
-            actions, timings = actor.act(obs)
-            result.policy_ms.append((time.perf_counter() - start) * 1e3)
-            for key, value in timings.items():
-                result.server_ms.setdefault(key, []).append(value)
-            chunk = np.asarray(actions).reshape(len(actions), -1) if np.ndim(actions) > 1 else actions
-            for index, action in enumerate(chunk):
-                start = time.perf_counter()
-                action = action if np.ndim(action) else int(action)
-                executed.append(np.asarray(action))
-                if blind_steps and index < len(chunk) - 1:  # the policy will not read this step's images
-                    obs, _, terminated, truncated, info = env.step(action, render=False)
-                else:
-                    obs, _, terminated, truncated, info = env.step(action)
-                result.env_ms.append((time.perf_counter() - start) * 1e3)
-                result.steps += 1
-                done = terminated or truncated or result.steps >= limit
-                if done:
-                    break
+        if executor is not None:
+            info = _run_with_executor(env, actor, obs, info, result, limit, blind_steps, executor)
+        else:
+            info = _run_open_loop(env, actor, obs, info, result, limit, blind_steps)
         result.success = bool(info.get("success", False))
         result.metadata = {k: info[k] for k in METADATA_KEYS if k in info}
-        result.action_jerk = _jerk(executed)
     finally:
         actor.end_episode()
     return result
+
+
+def _record_call(result: EpisodeResult, actor: Actor, observation: dict[str, Any]) -> np.ndarray:
+    """One policy call, its round trip and the server's timings kept in ``result``."""
+    start = time.perf_counter()
+    actions, timings = actor.act(observation)
+    result.policy_ms.append((time.perf_counter() - start) * 1e3)
+    for key, value in timings.items():
+        result.server_ms.setdefault(key, []).append(value)
+    return np.asarray(actions)
+
+
+def _run_open_loop(env, actor: Actor, obs, info, result: EpisodeResult, limit: int, blind_steps: bool) -> dict:
+    """Each chunk executed open-loop, then the next call (as OpenVLA-OFT and openpi do)."""
+    executed: list[np.ndarray] = []
+    done = False
+    while not done and result.steps < limit:
+        actions = _record_call(result, actor, obs)
+        chunk = actions.reshape(len(actions), -1) if actions.ndim > 1 else actions
+        for index, action in enumerate(chunk):
+            start = time.perf_counter()
+            action = action if np.ndim(action) else int(action)
+            executed.append(np.asarray(action))
+            if blind_steps and index < len(chunk) - 1:  # the policy will not read this step's images
+                obs, _, terminated, truncated, info = env.step(action, render=False)
+            else:
+                obs, _, terminated, truncated, info = env.step(action)
+            result.env_ms.append((time.perf_counter() - start) * 1e3)
+            result.steps += 1
+            done = terminated or truncated or result.steps >= limit
+            if done:
+                break
+    result.action_jerk = _jerk(executed)
+    return info
 
 
 METADATA_KEYS = ("has_location_phrase", "num_subgoals", "sequence", "init_state")
@@ -131,16 +138,8 @@ def _run_with_executor(
     actor for the next chunk in a background thread (with prefetch, while the robot still moves) and
     merges overlapping chunks. Cameras are rendered only at ticks where the next call starts."""
 
-    def infer(observation: dict[str, Any]) -> np.ndarray:
-        start = time.perf_counter()
-        actions, timings = actor.act(observation)
-        result.policy_ms.append((time.perf_counter() - start) * 1e3)
-        for key, value in timings.items():
-            result.server_ms.setdefault(key, []).append(value)
-        return np.asarray(actions)
-
     executed: list[np.ndarray] = []
-    with ChunkExecutor(infer, options) as executor:
+    with ChunkExecutor(lambda observation: _record_call(result, actor, observation), options) as executor:
         done = False
         while not done and result.steps < limit:
             chosen = executor.step(obs if executor.needs_observation() else None)

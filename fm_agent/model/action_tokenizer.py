@@ -17,6 +17,13 @@ import numpy as np
 CONVENTIONS = ("fm_agent", "openvla")
 
 
+def quantile_range(samples: np.ndarray, quantile: float = 0.01) -> tuple[list[float], list[float]]:
+    """Per-dimension 1st / 99th percentiles of (N, D) samples: the range actions and proprio are binned
+    over, so outliers do not waste bins."""
+    samples = np.asarray(samples, dtype=np.float64)
+    return np.quantile(samples, quantile, axis=0).tolist(), np.quantile(samples, 1 - quantile, axis=0).tolist()
+
+
 @dataclass
 class ActionTokenizer:
     kind: str  # "continuous" | "discrete"
@@ -51,7 +58,7 @@ class ActionTokenizer:
     ) -> ActionTokenizer:
         """Statistics from training actions (N, D)."""
         actions = np.asarray(actions, dtype=np.float64)
-        low, high = np.quantile(actions, quantile, axis=0), np.quantile(actions, 1 - quantile, axis=0)
+        low, high = (np.asarray(side) for side in quantile_range(actions, quantile))
         high = np.where(high - low < 1e-6, low + 1e-6, high)  # constant dimensions still get a valid range
         dims = actions.shape[1]
         return cls(

@@ -103,14 +103,12 @@ def validate_policy(policy: VLAPolicy, folder: Path) -> None:
         raise CheckpointError(
             folder, POLICY_FILE, "proprio_low / proprio_high", f"need {config.proprio_dim} values each (proprio_dim)"
         )
-    vision_size = getattr(getattr(model.config, "vision_config", None), "image_size", config.image_size)
-    if isinstance(vision_size, (list, tuple)):
-        vision_size = vision_size[0]
-    if isinstance(vision_size, int) and vision_size != config.image_size:
+    vision_size = vision_side(model.config, "image_size") or config.image_size
+    if vision_size != config.image_size:
         raise CheckpointError(
             folder, POLICY_FILE, "image_size", f"is {config.image_size}, the vision tower's is {vision_size}"
         )
-    tokens = _tokens_per_image(policy)
+    tokens = features_per_image(model, config.image_size)
     if tokens is not None and tokens != config.tokens_per_image:
         raise CheckpointError(
             folder,
@@ -171,16 +169,23 @@ def _check_actions(policy: VLAPolicy, folder: Path, rows: int, reserved: set[int
             )
 
 
-def _tokens_per_image(policy: VLAPolicy) -> int | None:
-    """Features the vision path yields for one image, or None where the model offers no such call."""
-    get_features = getattr(getattr(policy.model, "model", None), "get_image_features", None)
+def vision_side(model_config, name: str) -> int | None:
+    """The vision config's ``image_size`` / ``patch_size`` as one int (families store ints or pairs)."""
+    value = getattr(getattr(model_config, "vision_config", None), name, None)
+    if isinstance(value, (list, tuple)):
+        value = value[0]
+    return value if isinstance(value, int) else None
+
+
+def features_per_image(model, image_size: int) -> int | None:
+    """Features the vision path yields for one image (one tower forward), or None where the model
+    offers no ``get_image_features``."""
+    get_features = getattr(getattr(model, "model", None), "get_image_features", None)
     if get_features is None:
         return None
-    size = policy.config.image_size
     with torch.no_grad():
-        features = get_features(pixel_values=torch.zeros(1, 3, size, size)).pooler_output
-    first = features[0]  # LLaVA-style towers return one (tokens, hidden) tensor per image
-    return int(first.shape[0])
+        features = get_features(pixel_values=torch.zeros(1, 3, image_size, image_size)).pooler_output
+    return int(features[0].shape[0])  # one (tokens, hidden) entry per image, as a list or a tensor
 
 
 def _dummy_step(policy: VLAPolicy, folder: Path) -> None:

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from transformers import AutoModelForImageTextToText, AutoTokenizer, PreTrainedTokenizerFast
 
-from .action_tokenizer import ActionTokenizer
-from .checkpoint import MODEL_FILE, CheckpointError
+from .action_tokenizer import ActionTokenizer, quantile_range
+from .checkpoint import MODEL_FILE, CheckpointError, features_per_image, vision_side
 from .configuration_vla import BackboneShape, VLAConfig
 from .modeling_vla import VLAPolicy
 from .processor import token_id
@@ -129,20 +128,11 @@ def import_checkpoint(source: Path, out: Path, spec: ImportSpec) -> VLAConfig:
             setattr(model.config, name, image_id)
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
 
-    vision = model.config.vision_config
-    image_size = vision.image_size if isinstance(vision.image_size, int) else vision.image_size[0]
-    patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
-    with torch.no_grad():
-        image_tokens = int(
-            model.model.get_image_features(pixel_values=torch.zeros(1, 3, image_size, image_size))
-            .pooler_output[0]
-            .shape[0]
-        )
-    proprio_low: list[float] = []
-    proprio_high: list[float] = []
-    if spec.proprio is not None:
-        proprio_low = np.quantile(spec.proprio, 0.01, 0).tolist()
-        proprio_high = np.quantile(spec.proprio, 0.99, 0).tolist()
+    image_size, patch = vision_side(model.config, "image_size"), vision_side(model.config, "patch_size")
+    if image_size is None or patch is None:
+        raise CheckpointError(source, MODEL_FILE, "vision_config", "names no image_size / patch_size")
+    image_tokens = features_per_image(model, image_size)
+    proprio_low, proprio_high = quantile_range(spec.proprio) if spec.proprio is not None else ([], [])
     config = VLAConfig(
         env_family=spec.env_family,
         cameras=list(spec.cameras),

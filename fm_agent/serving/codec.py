@@ -8,6 +8,7 @@ request cannot make the server allocate gigabytes.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -21,7 +22,8 @@ from .limits import MERGE_BOUND, Limits, shorten
 PIL_FORMATS = {pb.Image.PNG: "PNG", pb.Image.JPEG: "JPEG"}
 
 
-def _check_size(camera: str, height: int, width: int, limits: Limits) -> None:
+def check_image_size(camera: str, height: int, width: int, limits: Limits) -> None:
+    """Refuse an image outside the limits before it is decoded or fitted (every wire's images)."""
     if not (0 < height <= limits.max_image_side and 0 < width <= limits.max_image_side):
         raise invalid(
             f"camera {shorten(camera)}: {height}x{width} is outside the server's image side limit "
@@ -45,7 +47,7 @@ def decode_image(image: pb.Image, limits: Limits = Limits()) -> np.ndarray:
         h, w = image.height, image.width
         if not (h and w):
             raise invalid(f"camera {shorten(camera)}: RAW images need height and width, got {h}x{w}")
-        _check_size(camera, h, w, limits)
+        check_image_size(camera, h, w, limits)
         if len(image.data) != h * w * 3:
             raise invalid(
                 f"camera {shorten(camera)}: {len(image.data)} bytes do not hold a {h}x{w}x3 uint8 image "
@@ -58,7 +60,7 @@ def decode_image(image: pb.Image, limits: Limits = Limits()) -> np.ndarray:
     try:
         with PILImage.open(io.BytesIO(image.data), formats=[name]) as decoded:  # reads the header only
             width, height = decoded.size
-            _check_size(camera, height, width, limits)
+            check_image_size(camera, height, width, limits)
             array = np.asarray(decoded.convert("RGB"))
     except RequestError:
         raise
@@ -93,16 +95,21 @@ def decode_observation(
     missing = [c for c in cameras if c not in frame]
     if missing:
         raise invalid(f"missing camera(s) {missing}; this policy reads {cameras}")
-    proprio = None
-    if proprio_dim:
-        if len(observation.proprio) != proprio_dim:
-            raise invalid(f"proprio has {len(observation.proprio)} values, this policy needs {proprio_dim}")
-        proprio = np.asarray(observation.proprio, dtype=np.float32)
-        if not np.all(np.isfinite(proprio)):
-            raise invalid("proprio contains NaN or infinite values")
-    elif len(observation.proprio):
-        raise invalid(f"this policy takes no proprio, got {len(observation.proprio)} values")
-    return frame, proprio
+    return frame, check_proprio(observation.proprio, proprio_dim)
+
+
+def check_proprio(values: Any, proprio_dim: int, name: str = "proprio") -> np.ndarray | None:
+    """The proprio values as (proprio_dim,) float32 (None for a policy without proprio), or INVALID_ARGUMENT."""
+    values = np.asarray(values if values is not None else [], dtype=np.float32).reshape(-1)
+    if not proprio_dim:
+        if len(values):
+            raise invalid(f"this policy takes no proprio, got {len(values)} values")
+        return None
+    if len(values) != proprio_dim:
+        raise invalid(f"{name} has {len(values)} values, this policy needs {proprio_dim}")
+    if not np.all(np.isfinite(values)):
+        raise invalid(f"{name} contains NaN or infinite values")
+    return values
 
 
 def spec_from_message(options: pb.MaskOptions, default: FutureMaskSpec, prompt_length: int) -> FutureMaskSpec:

@@ -39,6 +39,7 @@ from websockets.http11 import Request, Response
 
 from .. import __version__
 from ..attention import FutureMaskSpec
+from .codec import check_image_size, check_proprio
 from .episodes import Episode
 from .errors import RequestError, invalid
 from .server import PolicyServicer
@@ -61,6 +62,19 @@ class OpenpiMapping:
     def default(cls, cameras: list[str]) -> OpenpiMapping:
         keys = ["observation/image", "observation/wrist_image"]
         return cls(cameras={key: camera for key, camera in zip(keys, cameras)})
+
+    def check(self, cameras: list[str]) -> None:
+        """Every key maps to one of the policy's cameras and every camera has a key; ValueError otherwise."""
+        unknown = sorted(set(self.cameras.values()) - set(cameras))
+        missing = sorted(set(cameras) - set(self.cameras.values()))
+        if unknown or missing:
+            raise ValueError(
+                f"--openpi-camera must map a key to each of the policy's cameras {cameras}"
+                + (f"; unknown {unknown}" if unknown else "")
+                + (f"; unmapped {missing}" if missing else "")
+            )
+        if self.flip not in FLIPS:
+            raise ValueError(f"--openpi-flip must be one of {FLIPS}, got {self.flip!r}")
 
     def describe(self) -> dict[str, Any]:
         return {"cameras": self.cameras, "state": self.state_key, "prompt": self.prompt_key, "flip": self.flip}
@@ -124,17 +138,7 @@ class OpenpiEndpoint:
 
     def __init__(self, servicer: PolicyServicer, mapping: OpenpiMapping, token: str | None = None) -> None:
         self.servicer, self.mapping, self.token = servicer, mapping, token
-        cameras = servicer.policy.config.cameras
-        unknown = sorted(set(mapping.cameras.values()) - set(cameras))
-        missing = sorted(set(cameras) - set(mapping.cameras.values()))
-        if unknown or missing:
-            raise ValueError(
-                f"--openpi-camera must map a key to each of the policy's cameras {cameras}"
-                + (f"; unknown {unknown}" if unknown else "")
-                + (f"; unmapped {missing}" if missing else "")
-            )
-        if mapping.flip not in FLIPS:
-            raise ValueError(f"--openpi-flip must be one of {FLIPS}, got {mapping.flip!r}")
+        mapping.check(servicer.policy.config.cameras)
         self.server: Server | None = None
         self.port = 0
 
@@ -265,20 +269,12 @@ class OpenpiEndpoint:
                 raise invalid(f"observation key {key!r} (camera {camera}) is missing or not an array")
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise invalid(f"{key!r}: expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-            height, width = image.shape[:2]
-            if 0 in (height, width) or max(height, width) > limits.max_image_side:
-                raise invalid(f"{key!r}: {height}x{width} exceeds max_image_side {limits.max_image_side}")
-            if height * width > limits.max_image_pixels:
-                raise invalid(f"{key!r}: {height * width} pixels exceed max_image_pixels {limits.max_image_pixels}")
+            check_image_size(key, image.shape[0], image.shape[1], limits)
             frame[camera] = np.ascontiguousarray(self._flip(image))
-        proprio = None
-        if cfg.proprio_dim:
-            state = obs.get(self.mapping.state_key)
-            if not isinstance(state, np.ndarray) or state.size != cfg.proprio_dim:
-                raise invalid(f"observation key {self.mapping.state_key!r} must hold {cfg.proprio_dim} numbers")
-            proprio = state.astype(np.float32).reshape(-1)
-            if not np.all(np.isfinite(proprio)):
-                raise invalid(f"{self.mapping.state_key!r} contains NaN or infinite values")
+        state = obs.get(self.mapping.state_key)
+        if cfg.proprio_dim and not isinstance(state, np.ndarray):
+            raise invalid(f"observation key {self.mapping.state_key!r} must hold {cfg.proprio_dim} numbers")
+        proprio = check_proprio(state if cfg.proprio_dim else None, cfg.proprio_dim, repr(self.mapping.state_key))
         return frame, proprio
 
     def _flip(self, image: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..data.episodes import load_episodes
 from ..jobs import ConfigError
 from ..model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
+from ..model.action_tokenizer import quantile_range
 from ..model.importing import ImportSpec, import_checkpoint
 from ..model.presets import PRESETS
 from .config import ImportConfig, TrainConfig
@@ -37,10 +38,7 @@ def build_policy(
         action_tokenizer = ActionTokenizer.discrete(preset.discrete_actions, chunk=chunk)
     else:
         action_tokenizer = ActionTokenizer.fit(actions, bins=config.bins, chunk=chunk)
-    proprio_low: list[float] = []
-    proprio_high: list[float] = []
-    if proprio is not None:
-        proprio_low, proprio_high = np.quantile(proprio, 0.01, 0).tolist(), np.quantile(proprio, 0.99, 0).tolist()
+    proprio_low, proprio_high = quantile_range(proprio) if proprio is not None else ([], [])
     vla = VLAConfig(
         env_family=config.preset,
         cameras=list(preset.cameras),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import TEXT_TINY, VISION_TINY
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     CLIPVisionConfig,
@@ -31,18 +32,10 @@ def user_vlm(folder: Path, vocab_padding: int = 8) -> Path:
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
     bpe.train_from_iterator(SENTENCES, trainers.BpeTrainer(vocab_size=80, special_tokens=["[UNK]", "<image>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="[UNK]")
-    text = LlamaConfig(
-        vocab_size=len(tokenizer) + vocab_padding,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    vision = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=8
-    )
+    shape = {**TEXT_TINY, "vocab_size": len(tokenizer) + vocab_padding, "max_position_embeddings": 512}
+    del shape["pad_token_id"]  # the user's folder names no pad token; import sets one
+    text = LlamaConfig(**shape)
+    vision = CLIPVisionConfig(**VISION_TINY, image_size=16, patch_size=8)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,

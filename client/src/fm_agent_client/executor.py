@@ -146,6 +146,26 @@ class _Base:
     def _in_flight(self) -> bool:
         raise NotImplementedError
 
+    def _request(self, observation: Any) -> None:
+        raise NotImplementedError
+
+    def _begin(self, observation: Any) -> None:
+        """A tick's start, on either executor: start the next call if the queue is low enough."""
+        if self.needs_observation():
+            self._request(self._observation(observation))
+        elif observation is not None:
+            self._latest = observation
+
+    def _finish(self, waited_since: float | None) -> tuple[np.ndarray, float]:
+        """A tick's end: count the wait (if the robot waited), pop the action; returns it and the pause."""
+        if waited_since is not None:
+            self.stats.waits += 1
+            self.stats.wait_s += self.clock() - waited_since
+        action = self.schedule.pop(self.step_index, self.stats)
+        self.step_index += 1
+        self.stats.ticks += 1
+        return action, self._delay()
+
     def _accept(self, chunk: np.ndarray, start: int) -> None:
         self.schedule.add(chunk, start, self.step_index, self.stats)
 
@@ -205,23 +225,16 @@ class ChunkExecutor(_Base):
 
     def step(self, observation: Any = None) -> np.ndarray:
         """The action to execute now. ``observation`` is needed when :meth:`needs_observation` says so."""
-        if self.needs_observation():
-            self._request(self._observation(observation))
-        elif observation is not None:
-            self._latest = observation
+        self._begin(observation)
         self._collect(block=False)
+        started = None
         if self.schedule.pending(self.step_index) == 0:
             started = self.clock()
             while self.schedule.pending(self.step_index) == 0:  # a chunk may come back entirely stale
                 if self._future is None:
                     self._request(self._observation(None))
                 self._collect(block=True)
-            self.stats.waits += 1
-            self.stats.wait_s += self.clock() - started
-        action = self.schedule.pop(self.step_index, self.stats)
-        self.step_index += 1
-        self.stats.ticks += 1
-        delay = self._delay()
+        action, delay = self._finish(started)
         if delay > 0:
             self.sleep(delay)
         return action
@@ -267,24 +280,17 @@ class AsyncChunkExecutor(_Base):
             self._accept(await task, self._task_start)
 
     async def step(self, observation: Any = None) -> np.ndarray:
-        if self.needs_observation():
-            self._request(self._observation(observation))
-        elif observation is not None:
-            self._latest = observation
+        self._begin(observation)
         await asyncio.sleep(0)  # let a finished call deliver its chunk
         await self._collect(block=False)
+        started = None
         if self.schedule.pending(self.step_index) == 0:
             started = self.clock()
             while self.schedule.pending(self.step_index) == 0:
                 if self._task is None:
                     self._request(self._observation(None))
                 await self._collect(block=True)
-            self.stats.waits += 1
-            self.stats.wait_s += self.clock() - started
-        action = self.schedule.pop(self.step_index, self.stats)
-        self.step_index += 1
-        self.stats.ticks += 1
-        delay = self._delay()
+        action, delay = self._finish(started)
         if delay > 0:
             await asyncio.sleep(delay)
         return action
