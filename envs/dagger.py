@@ -15,19 +15,25 @@ module needs nothing of the policy code, and worker processes can build their ow
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import random
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .recording import Episode, episode_metadata, episode_path, labelled_rollout, write_episode
+from .recording import Episode, Runner, episode_bytes, episode_metadata, episode_path, labelled_rollout, write_file
 from .registry import make_env, make_expert
 
 ActorFactory = Callable[[], Any]
+
+
+class Outcome(NamedTuple):
+    learner_success: bool
+    path: Path | None
+    data: bytes | None  # the episode file's bytes; None: nothing labelled (or the worker was lost)
+    error: str | None = None
 
 
 def dagger_episode(
@@ -89,8 +95,9 @@ def _collect_shard(
     expert_options: dict | None,
     init_states: list[int] | None,
     env_options: dict | None,
-) -> list[tuple[bool, bool]]:
-    """Worker body: one env and one learner for ``indices``; returns (learner success, kept) per episode."""
+) -> list[Outcome]:
+    """Worker body: one env and one learner for ``indices``; returns per episode its learner success and
+    its file's path and bytes (None when the expert labelled nothing), for the driver to write."""
     env = make_env(env_name, **(env_options or {}))
     expert = make_expert(env, **(expert_options or {}))
     actor = make_actor()
@@ -101,16 +108,20 @@ def _collect_shard(
             limit: int = max_steps if max_steps else getattr(env, "max_steps", 1000)
             episode = dagger_episode(env, expert, actor, env_name, index, base_seed + index, limit, beta, init_state)
             kept = bool(len(episode.actions))  # the bot may give up before labelling anything
-            if kept:
-                write_episode(episode_path(out, env_name, index), episode)
-            outcomes.append((episode.success, kept))
+            data = episode_bytes(episode) if kept else None
+            outcomes.append(Outcome(episode.success, episode_path(out, env_name, index), data))
     finally:
         env.close()
     return outcomes
 
 
-def _shard_star(job: tuple) -> list[tuple[bool, bool]]:
+def _shard_star(job: tuple) -> list[Outcome]:
     return _collect_shard(*job)
+
+
+def _lost_shard(job: tuple, error: str) -> list[Outcome]:
+    """A shard whose worker was lost writes nothing: its episodes have no file, so a resume runs them."""
+    return [Outcome(False, None, None, error) for _ in job[3]]
 
 
 def collect(
@@ -124,7 +135,7 @@ def collect(
     progress: Any = None,
     expert_options: dict | None = None,
     init_states: list[int] | None = None,
-    workers: int = 1,
+    runner: Runner | None = None,
     env_options: dict | None = None,
     chunk: int = 5,
 ) -> dict[str, float]:
@@ -132,9 +143,9 @@ def collect(
 
     ``expert_options`` configure the labeller (e.g. ``keep_opened_doors`` for BabyAI's bot);
     ``init_states`` (LIBERO) are the official initial states episodes start from, episode i from
-    ``init_states[i % len]``: keep the evaluation states out. ``workers`` > 1 runs jobs of ``chunk``
-    episodes in that many processes (``make_actor`` must then be picklable, e.g. a ``functools.partial``
-    of a module-level function)."""
+    ``init_states[i % len]``: keep the evaluation states out. ``runner`` runs jobs of ``chunk`` episodes
+    (worker processes or Ray actors; ``make_actor`` must then be picklable, e.g. a ``functools.partial``
+    of a module-level function; default: one after another here). This process writes every file."""
     todo = [i for i in range(episodes) if not episode_path(out, env_name, i).exists()]
     if progress is not None:
         progress.update(episodes - len(todo))
@@ -153,24 +164,21 @@ def collect(
         )
         for i in range(0, len(todo), chunk)
     ]
-    wins = done = skipped = 0
+    wins = done = skipped = lost = 0
     recent: deque = deque(maxlen=200)
-
-    def tally(outcomes: list[tuple[bool, bool]]) -> None:
-        nonlocal wins, done, skipped
-        for success, kept in outcomes:
-            wins, done, skipped = wins + success, done + 1, skipped + (not kept)
-            recent.append(success)
+    shards = map(_shard_star, jobs) if runner is None else runner.map_unordered(_shard_star, jobs, _lost_shard)
+    for outcomes in shards:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                lost += 1
+                continue
+            if outcome.data is not None and outcome.path is not None:
+                write_file(outcome.path, outcome.data)
+            wins, done, skipped = wins + outcome.learner_success, done + 1, skipped + (outcome.data is None)
+            recent.append(outcome.learner_success)
         if progress is not None:
             progress.update(len(outcomes))
             if recent:
                 progress.set_postfix(learner_success=f"{np.mean(recent):.2f}")
-
-    if workers > 1 and len(jobs) > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for outcomes in pool.imap_unordered(_shard_star, jobs):
-                tally(outcomes)
-    else:
-        for job in jobs:
-            tally(_collect_shard(*job))
-    return {"episodes": done, "learner_successes": wins, "unlabelled_skipped": skipped}
+    stats: dict[str, float] = {"episodes": done, "learner_successes": wins, "unlabelled_skipped": skipped}
+    return {**stats, "lost_to_workers": lost} if lost else stats

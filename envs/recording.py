@@ -20,14 +20,14 @@ Files are written to a temporary name and renamed, so a killed recorder never le
 
 from __future__ import annotations
 
+import io
 import json
-import multiprocessing as mp
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +35,15 @@ from .experts import ExpertGaveUp
 from .registry import make_env, make_expert
 
 FORMAT = "fm-agent-episode/1"
+
+
+class Runner(Protocol):
+    """Where fan-out jobs run (``fm_agent.distributed``: worker processes or Ray actors): ``fn`` over
+    ``jobs``, results as they finish; ``lost(job, reason)`` stands in for a job whose worker was lost."""
+
+    def map_unordered(self, fn: Callable, jobs: Sequence, lost: Callable | None = None) -> Iterable: ...
+
+
 TEXT_KEYS = ("instruction",)
 TRANSLATION_DIMS = 3  # LIBERO's OSC_POSE actions start with the end-effector's xyz motion
 
@@ -67,12 +76,13 @@ def episode_path(out: Path, env: str, index: int) -> Path:
     return out / env_slug(env) / f"episode_{index:06d}.h5"
 
 
-def write_episode(path: Path, episode: Episode) -> Path:
+def episode_bytes(episode: Episode) -> bytes:
+    """The episode as the bytes of its HDF5 file: workers (possibly on other machines) return these and
+    the driver alone writes files, so a run's output lives where the driver runs."""
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         group = f.create_group("observations")
         for key, value in episode.observations.items():
             value = np.asarray(value)
@@ -97,8 +107,20 @@ def write_episode(path: Path, episode: Episode) -> Path:
             "metadata": json.dumps(episode.metadata),
         }
         f.attrs.update(attrs)
+    return buffer.getvalue()
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """Written to a temporary name and renamed: a killed writer never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return path
+
+
+def write_episode(path: Path, episode: Episode) -> Path:
+    return write_file(path, episode_bytes(episode))
 
 
 def read_episode(path: Path) -> Episode:
@@ -242,15 +264,17 @@ class RecordSettings:
     action_noise: float = 0.0
 
 
-def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) -> list[dict]:
-    """Worker body: build the env once, record ``indices``, return one manifest row per episode."""
+def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) -> list[tuple[dict, bytes | None]]:
+    """Worker body: build the env once, record ``indices``; returns (manifest row, episode file bytes or
+    None) per episode, for the driver to write."""
     kwargs: dict[str, Any] = {}
     if settings.image_size:
         kwargs["image_size"] = settings.image_size
     if settings.render and env_name.startswith("libero:"):
         kwargs["render"] = settings.render
     env = make_env(env_name, **kwargs)
-    rows = []
+    rows: list[dict] = []
+    files: list[bytes | None] = []
     try:
         expert = make_expert(env)
         for index in indices:
@@ -262,22 +286,34 @@ def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) ->
                 )
             except Exception as error:  # a crashed simulator loses one episode, not the run
                 rows.append({**row, "success": False, "error": f"{type(error).__name__}: {error}", "path": None})
+                files.append(None)
                 continue
-            path = None
+            path, data = None, None
             if settings.save and (episode.success or not settings.only_success):
-                path = str(
-                    write_episode(episode_path(settings.out, env_name, index), episode).relative_to(settings.out)
-                )
+                path = str(episode_path(settings.out, env_name, index).relative_to(settings.out))
+                data = episode_bytes(episode)
             rows.append(
                 {**row, "success": episode.success, "steps": episode.num_steps, "path": path, **episode.metadata}
             )
+            files.append(data)
     finally:
         env.close()
-    return rows
+    return list(zip(rows, files))
 
 
-def _record_chunk_star(job: tuple[str, list[int], RecordSettings]) -> list[dict]:
+def _record_chunk_star(job: tuple[str, list[int], RecordSettings]) -> list[tuple[dict, bytes | None]]:
     return record_chunk(*job)
+
+
+def _lost_chunk(job: tuple[str, list[int], RecordSettings], error: str) -> list[tuple[dict, bytes | None]]:
+    """The rows of a chunk whose worker was lost: errors, retried when the run resumes."""
+    env_name, indices, settings = job
+    rows: list[tuple[dict, bytes | None]] = []
+    for index in indices:
+        seed, init_state = episode_plan(env_name, index, settings.base_seed)
+        row = {"env": env_name, "index": index, "seed": seed, "init_state": init_state}
+        rows.append(({**row, "success": False, "error": error, "path": None}, None))
+    return rows
 
 
 def finished_episodes(out: Path) -> set[tuple[str, int]]:
@@ -317,7 +353,7 @@ def record(
     env_names: list[str],
     episodes: int,
     settings: RecordSettings,
-    workers: int = 1,
+    runner: Runner | None = None,
     chunk: int = 5,
     progress: Callable[[Iterable, int], Iterable] | None = None,
     indices: Iterable[int] | None = None,
@@ -325,7 +361,9 @@ def record(
     """Record ``episodes`` expert episodes per environment, resuming what ``settings.out`` already holds.
 
     ``indices`` replaces ``range(episodes)``: for LIBERO, episode ``i`` starts from official initial
-    state ``i % 50``, so listing indices keeps held-out evaluation states out of the training data."""
+    state ``i % 50``, so listing indices keeps held-out evaluation states out of the training data.
+    ``runner`` runs the chunks of ``chunk`` episodes (worker processes, Ray actors; default: one after
+    another here); this process writes every file and manifest row."""
     settings.out.mkdir(parents=True, exist_ok=True)
     done = finished_episodes(settings.out)
     wanted = sorted(set(indices)) if indices is not None else list(range(episodes))
@@ -336,12 +374,11 @@ def record(
     total = sum(len(j[1]) for j in jobs)
     manifest = (settings.out / "manifest.jsonl").open("a")
     try:
-        if workers > 1 and len(jobs) > 1:
-            with mp.get_context("spawn").Pool(workers) as pool:
-                results = pool.imap_unordered(_record_chunk_star, jobs)
-                _drain(results, manifest, total, progress)
+        if runner is None:
+            results: Iterable = map(_record_chunk_star, jobs)
         else:
-            _drain(map(_record_chunk_star, jobs), manifest, total, progress)
+            results = runner.map_unordered(_record_chunk_star, jobs, _lost_chunk)
+        _drain(results, manifest, settings.out, total, progress)
     finally:
         manifest.close()
     summary = summarise_manifest(settings.out)
@@ -349,11 +386,13 @@ def record(
     return summary
 
 
-def _drain(results: Iterable[list[dict]], manifest, total: int, progress) -> None:
+def _drain(results: Iterable[list[tuple[dict, bytes | None]]], manifest, out: Path, total: int, progress) -> None:
     bar = progress(range(total), total) if progress else None
     successes = finished = 0
     for rows in results:
-        for row in rows:
+        for row, data in rows:
+            if data is not None:  # the file first: a manifest row never names a missing file
+                write_file(out / row["path"], data)
             manifest.write(json.dumps(row) + "\n")
             finished += 1
             successes += bool(row["success"])

@@ -114,6 +114,11 @@ JOBS: dict[str, Job] = {
         "fm_agent.profiling.jobs:run_soak",
         "load/soak the server: valid traffic mixed with hostile requests",
     ),
+    "scaleout": Job(
+        "fm_agent.profiling.config:ScaleoutConfig",
+        "fm_agent.profiling.scaleout:run_scaleout",
+        "episode throughput per backend (processes, Ray) and worker count (JSON + PNG)",
+    ),
     "masks": Job(
         "fm_agent.profiling.config:MasksConfig",
         "fm_agent.profiling.jobs:show_masks",

@@ -16,7 +16,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet torch==2.13.0
   # the client distribution first (fm-agent depends on it), both editable, in one resolve
-  .venv/bin/python -m pip install --quiet -e ./client -e '.[test,envs]'
+  .venv/bin/python -m pip install --quiet -e ./client -e '.[test,envs,ray]'
   # openpi's real client, for the tests of the openpi endpoint and the transport benchmark. --no-deps:
   # its metadata asks for numpy<2, though the modules used here run on ours (msgpack and websockets
   # are fm-agent's own dependencies).

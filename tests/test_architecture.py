@@ -14,12 +14,13 @@ LAYERS = {
     "jobs": 0,
     "model": 1,
     "serving": 2,
-    "data": 3,
-    "training": 3,
-    "evaluation": 3,
-    "profiling": 3,
-    "cli": 4,
     "v1": 2,
+    "distributed": 3,
+    "data": 4,
+    "training": 4,
+    "evaluation": 4,
+    "profiling": 4,
+    "cli": 5,
 }
 
 

@@ -40,7 +40,9 @@ class RecordConfig:
     out: Path
     """output folder (resumable)"""
     workers: int = 1
-    """worker processes"""
+    """worker processes (or Ray actors with --ray)"""
+    ray: str | None = None
+    """run the workers as Ray actors: 'local' (a cluster on this machine), 'auto' (RAY_ADDRESS) or an address"""
     chunk: int = 5
     """episodes per worker job (one env build per job)"""
     keep_failures: bool = False
@@ -101,7 +103,9 @@ class DaggerConfig:
     image_size: int | None = None
     """LIBERO camera size (default: the env's; use the policy's)"""
     workers: int = 1
-    """worker processes (each builds its env and learner)"""
+    """worker processes (or Ray actors with --ray), each building its env and learner"""
+    ray: str | None = None
+    """run the workers as Ray actors: 'local' (a cluster on this machine), 'auto' (RAY_ADDRESS) or an address"""
     keep_opened_doors: bool = False
     """BabyAI: the bot does not close a door the learner opened by mistake (it would teach the learner to close
     doors; harmless to leave open on non-strict levels such as OpenDoorsOrder)"""

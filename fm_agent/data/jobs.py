@@ -13,6 +13,7 @@ from envs.dagger import collect
 from envs.libero_env import LiberoError, check_tasks
 from envs.recording import RecordSettings, record
 
+from ..distributed.runners import job_runner
 from ..evaluation.inprocess import load_actor
 from ..evaluation.jobs import check_envs
 from ..jobs import ConfigError
@@ -41,15 +42,16 @@ def run_record(config: RecordConfig, command: str = "") -> int:
         base_seed=config.seed,
         action_noise=config.action_noise,
     )
-    summary = record(
-        names,
-        config.episodes,
-        settings,
-        workers=config.workers,
-        chunk=config.chunk,
-        progress=lambda it, total: tqdm(total=total, desc="episodes", unit="ep"),
-        indices=config.state_indices(),
-    )
+    with job_runner(config.workers, config.ray) as runner:
+        summary = record(
+            names,
+            config.episodes,
+            settings,
+            runner=runner,
+            chunk=config.chunk,
+            progress=lambda it, total: tqdm(total=total, desc="episodes", unit="ep"),
+            indices=config.state_indices(),
+        )
     for name, stats in summary["environments"].items():
         print(
             f"{name:48s} {stats['successes']:4d}/{stats['episodes']:<4d} {100 * stats['success_rate']:5.1f}%"
@@ -78,9 +80,10 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
         raise ConfigError("--init-states is for LIBERO environments")
     env_options = {"image_size": config.image_size} if config.image_size else None
     max_steps = config.max_steps or (None if libero else 64)
-    make_actor = functools.partial(load_actor, config.checkpoint, config.temperature, None, config.threads)
+    # an absolute path: a Ray worker may start in another folder (or on another node with the same tree)
+    make_actor = functools.partial(load_actor, config.checkpoint.resolve(), config.temperature, None, config.threads)
     expert_options = {"keep_opened_doors": True} if config.keep_opened_doors else None
-    with tqdm(total=config.episodes, desc="dagger", unit="ep") as bar:
+    with tqdm(total=config.episodes, desc="dagger", unit="ep") as bar, job_runner(config.workers, config.ray) as runner:
         stats = collect(
             env,
             make_actor,
@@ -92,7 +95,7 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
             bar,
             expert_options,
             init_states,
-            config.workers,
+            runner,
             env_options,
         )
     print(json.dumps({"env": env, **stats}))

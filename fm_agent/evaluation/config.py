@@ -22,8 +22,8 @@ class ServerEvalConfig:
 
     checkpoint: Path = Path("checkpoints/libero_spatial")
     """policy served by a local server"""
-    server: str | None = None
-    """address of a running server (host:port) instead of a local one"""
+    server: tuple[str, ...] = ()
+    """address(es) of running servers (host:port ...) instead of a local one; episodes are spread over them"""
     masks: tuple[str, ...] = ("causal",)
     """mask labels, several = a sweep over the same episodes: causal Mf Mf/full Mf+merge Mf+merge(k=5) ..."""
     seed: int = 1000
@@ -33,7 +33,16 @@ class ServerEvalConfig:
     success_within: tuple[int, ...] = ()
     """also count the successes reached within N steps (read off the same episodes)"""
     workers: int = 1
-    """parallel environment processes"""
+    """parallel simulator workers (processes here, or Ray actors with --ray)"""
+    ray: str | None = None
+    """run the simulator workers as Ray actors: 'local' starts a cluster on this machine, 'auto' joins the
+    one the environment points to (RAY_ADDRESS), or a cluster address (HOST:PORT, ray://HOST:PORT)"""
+    ray_servers: int = 1
+    """with --ray and no --server: policy servers started as Ray actors (--server-threads CPUs each, and a GPU
+    where the cluster has one)"""
+    stateless: bool = False
+    """episodes keep their frame history on the client and send it every step (ActStateless), so any server
+    answers any step: with several --server replicas the client balances every call and survives losing one"""
     videos: int = 0
     """save MP4s of the first N episodes per task and mask"""
     out: Path | None = None
@@ -67,11 +76,16 @@ class ServerEvalConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         check_masks(self.masks)
-        require_at_least(self, 1, "workers", "max_steps", "server_threads")
+        require_at_least(self, 1, "workers", "max_steps", "server_threads", "ray_servers")
+        if self.ray is not None and not self.ray.strip():
+            raise ConfigError("--ray: give local, auto or a cluster address")
+        bad = [a for a in self.server if a.rpartition(":")[0] == "" or not a.rpartition(":")[2].isdigit()]
+        if bad:
+            raise ConfigError(f"--server {bad[0]!r}: give HOST:PORT")
         require_at_least(self, 0, "retries", "videos")
         if self.temperature is not None and not 0 <= self.temperature <= 100:
             raise ConfigError(f"--temperature must be within [0, 100], got {self.temperature}")
-        if self.server is None and not self.checkpoint.exists():
+        if not self.server and not self.checkpoint.exists():
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
 
 

@@ -9,11 +9,13 @@ as a policy failure. ``summary.json`` and ``summary.png`` are written at the end
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,9 +27,12 @@ import numpy as np
 from tqdm import tqdm
 
 from envs import make_env
+from envs.recording import write_file
 from fm_agent_client import FutureMaskSpec, PolicyClient
 from fm_agent_client.executor import ExecutorOptions
 
+from ..distributed.runners import JobRunner, ProcessRunner, RayRunner, ray_cluster
+from ..distributed.servers import RayServers
 from ..serving.local import LocalServer
 from .config import ServerEvalConfig
 from .grpc_actor import GrpcActor
@@ -74,6 +79,14 @@ def _save_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
     writer.release()
 
 
+def _video_bytes(frames: list[np.ndarray]) -> bytes:
+    """An MP4 of ``frames`` as bytes, for a worker whose driver (perhaps on another machine) saves it."""
+    with tempfile.TemporaryDirectory(prefix="fm-agent-video-") as folder:
+        path = Path(folder) / "episode.mp4"
+        _save_video(frames, path)
+        return path.read_bytes()
+
+
 class _Recorder:
     """Wraps an env so a rollout's frames can be kept for a video: LIBERO renders the camera again at a
     watchable size (``VIDEO_SIZE``) whatever the policy reads; other envs keep their observed frames."""
@@ -115,8 +128,14 @@ def run_jobs(
     retries: int = 1,
     temperature: float | None = None,
     executor: ExecutorOptions | None = None,
+    stateless: bool = False,
+    videos_out: dict[str, bytes] | None = None,
 ) -> list[dict]:
-    """Runs ``jobs`` in this process against the server at ``address``; returns the episode rows."""
+    """Runs ``jobs`` in this process against the server at ``address`` (several, comma-separated: the
+    client balances calls over them, for ``stateless`` episodes); returns the episode rows.
+
+    With ``videos_out`` (a worker's call) videos are returned there as MP4 bytes by file name and no
+    row is appended: the driver writes both; otherwise this call writes them under ``out``."""
     rows, envs, actors = [], {}, {}
     client = PolicyClient(address, retries=8, backoff_s=0.25)
     try:
@@ -127,7 +146,7 @@ def run_jobs(
                     if job.env not in envs:
                         envs[job.env] = make_env(job.env)
                     if job.mask not in actors:
-                        actors[job.mask] = GrpcActor(client, FutureMaskSpec.parse(job.mask), temperature)
+                        actors[job.mask] = GrpcActor(client, FutureMaskSpec.parse(job.mask), temperature, stateless)
                     env = envs[job.env]
                     recorder = _Recorder(env, video_camera) if video_camera and job.episode < videos else None
                     target = recorder or env
@@ -137,7 +156,10 @@ def run_jobs(
                     )
                     if recorder is not None:
                         name = f"{job.mask.replace('/', '_')}__{job.env.replace(':', '_').replace('/', '_')}__{job.episode}.mp4"
-                        _save_video(recorder.frames, out / "videos" / name)
+                        if videos_out is None:
+                            _save_video(recorder.frames, out / "videos" / name)
+                        else:
+                            videos_out[name] = _video_bytes(recorder.frames)
                     row = asdict(result)
                     break
                 except Exception as error:  # server or simulator failure: not the policy's fault
@@ -154,7 +176,8 @@ def run_jobs(
                         actors.clear()
             row.update(mask=job.mask, key=job.key, init_state=job.init_state)
             rows.append(row)
-            _append(out / "episodes.jsonl", row)
+            if videos_out is None:
+                _append(out / "episodes.jsonl", row)
     finally:
         client.close()
         for env in envs.values():
@@ -271,21 +294,41 @@ class _Borrowed:
         pass
 
 
-def _worker(args: tuple) -> dict:
-    job, address, env_kwargs, out, camera, videos, max_steps, retries, temperature, executor = args
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every episode of a parallel run shares (pickled once per job to a process or a Ray actor)."""
+
+    env_kwargs: dict
+    out: Path
+    video_camera: str | None
+    videos: int
+    max_steps: int | None
+    retries: int
+    temperature: float | None
+    executor: ExecutorOptions | None
+    stateless: bool
+
+
+def run_worker_job(task: tuple[EpisodeJob, str, WorkerSettings]) -> tuple[dict, dict[str, bytes]]:
+    """One episode in a worker (process or Ray actor); its simulator is cached for the worker's next
+    jobs. Returns the row and its videos for the driver to write."""
+    job, address, settings = task
     os.environ.setdefault("MUJOCO_GL", "egl")
+    videos: dict[str, bytes] = {}
     rows = run_jobs(
         [job],
         address,
-        lambda name: _Borrowed(_worker_env(name, env_kwargs)),
-        out,
-        camera,
-        videos,
-        max_steps,
+        lambda name: _Borrowed(_worker_env(name, settings.env_kwargs)),
+        settings.out,
+        settings.video_camera,
+        settings.videos,
+        settings.max_steps,
         None,
-        retries,
-        temperature,
-        executor,
+        settings.retries,
+        settings.temperature,
+        settings.executor,
+        settings.stateless,
+        videos,
     )
     if rows[0].get("error"):  # the simulator may be what failed: the next job in this worker builds a fresh one
         crashed = _WORKER_ENVS.pop(job.env, None)
@@ -294,7 +337,15 @@ def _worker(args: tuple) -> dict:
                 crashed.close()
             except Exception:  # noqa: BLE001  (a dead simulator may not close cleanly)
                 pass
-    return rows[0]
+    return rows[0], videos
+
+
+def lost_worker_job(task: tuple[EpisodeJob, str, WorkerSettings], reason: str) -> tuple[dict, dict[str, bytes]]:
+    """The row of an episode whose worker (or its node) was lost: an error, retried on resume, never a failure."""
+    job = task[0]
+    row = asdict(EpisodeResult(job.env, job.episode, job.seed, False, 0, error=reason))
+    row.update(mask=job.mask, key=job.key, init_state=job.init_state)
+    return row, {}
 
 
 def server_threads_beside(simulator_workers: int) -> int:
@@ -307,6 +358,34 @@ def server_threads_beside(simulator_workers: int) -> int:
     return max(1, (os.cpu_count() or 1) - simulator_workers)
 
 
+@contextmanager
+def policy_servers(args: ServerEvalConfig) -> Iterator[tuple[list[str], LocalServer | None]]:
+    """The addresses episodes go to: ``--server``'s; else servers started for this run, as Ray actors
+    on a Ray run (reachable from any node) or one local subprocess (restartable) otherwise."""
+    if args.server:
+        yield list(args.server), None
+        return
+    threads = args.server_threads or server_threads_beside(args.workers)
+    if args.ray is not None:
+        servers = RayServers(Path(args.checkpoint), args.ray_servers, threads)
+        try:
+            yield servers.start(), None
+        finally:
+            servers.stop()
+        return
+    local = LocalServer(Path(args.checkpoint), threads=threads)
+    try:
+        yield [local.start()], local
+    finally:
+        local.stop()
+
+
+def _cpus_needed(args: ServerEvalConfig) -> int:
+    """Logical CPUs a local Ray cluster needs so this run's simulator and server actors all fit."""
+    servers = 0 if args.server else args.ray_servers * (args.server_threads or server_threads_beside(args.workers))
+    return args.workers + servers
+
+
 def evaluate(
     jobs: list[EpisodeJob],
     args: ServerEvalConfig,
@@ -316,52 +395,57 @@ def evaluate(
     split_keys: Sequence[str],
     extra: dict,
 ) -> dict:
-    """Resume-aware driver: local server, progress bar, workers, summary (in ``out``)."""
+    """Resume-aware driver: policy servers, progress bar, workers (processes or Ray actors), summary (in ``out``).
+
+    Only this process writes ``episodes.jsonl`` and videos, whichever backend ran the episodes."""
     out.mkdir(parents=True, exist_ok=True)
     done = finished_keys(out)
     todo = [j for j in jobs if j.key not in done]
-    server = None
-    address = args.server
-    if address is None:
-        threads = args.server_threads or server_threads_beside(args.workers)
-        server = LocalServer(Path(args.checkpoint), threads=threads)
-        address = server.start()
     options = args.executor_options()
     if options is not None:
         extra = {**extra, "executor": asdict(options)}
-    extra = {**extra, "temperature": args.temperature if args.temperature is not None else _served_temperature(address)}
+    parallel = args.ray is not None or (args.workers > 1 and len(todo) > 1)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", unit="ep")
-    try:
-        if args.workers > 1 and len(todo) > 1:
-            with mp.get_context("spawn").Pool(args.workers) as pool:
-                results = pool.imap_unordered(
-                    _worker,
-                    [
-                        (
-                            job,
-                            address,
-                            env_kwargs,
-                            out,
-                            video_camera,
-                            args.videos,
-                            args.max_steps,
-                            args.retries,
-                            args.temperature,
-                            options,
-                        )
-                        for job in todo
-                    ],
-                )
-                wins = finished = 0
-                for row in results:
-                    finished += 1
-                    wins += bool(row["success"])
-                    bar.update(1)
-                    bar.set_postfix(success=f"{wins}/{finished}", error=bool(row.get("error")))
+    tally: dict[str, list[int]] = {}  # mask -> [successes, finished] in this run
+
+    def finished(row: dict) -> None:
+        counts = tally.setdefault(row["mask"], [0, 0])
+        counts[0] += bool(row["success"])
+        counts[1] += 1
+        bar.update(1)
+        bar.set_postfix(mask=row["mask"], success=f"{counts[0]}/{counts[1]}", error=bool(row.get("error")))
+
+    with ExitStack() as stack:
+        stack.callback(bar.close)
+        if args.ray is not None:
+            stack.enter_context(ray_cluster(args.ray, _cpus_needed(args)))
+        addresses, local = stack.enter_context(policy_servers(args))
+        temperature = args.temperature if args.temperature is not None else _served_temperature(addresses[0])
+        extra = {**extra, "temperature": temperature}
+        began = time.perf_counter()
+        if parallel:
+            runner: JobRunner = RayRunner(args.workers) if args.ray is not None else ProcessRunner(args.workers)
+            settings = WorkerSettings(
+                env_kwargs,
+                out,
+                video_camera,
+                args.videos,
+                args.max_steps,
+                args.retries,
+                args.temperature,
+                options,
+                args.stateless,
+            )
+            tasks = [(job, episode_address(addresses, i, args.stateless), settings) for i, job in enumerate(todo)]
+            for row, videos in runner.map_unordered(run_worker_job, tasks, lost_worker_job):
+                for name, data in videos.items():
+                    write_file(out / "videos" / name, data)
+                _append(out / "episodes.jsonl", row)
+                finished(row)
         else:
-            restart = server.restart if server is not None else None
-            tally: dict[str, list[int]] = {}  # mask -> [successes, finished] in this run
-            for job in todo:
+            restart = local.restart if local is not None else None
+            for i, job in enumerate(todo):
+                address = local.address if local is not None else episode_address(addresses, i, args.stateless)
                 (row,) = run_jobs(
                     [job],
                     address,
@@ -374,20 +458,31 @@ def evaluate(
                     args.retries,
                     args.temperature,
                     options,
+                    args.stateless,
                 )
-                if server is not None and server.address:
-                    address = server.address
-                counts = tally.setdefault(job.mask, [0, 0])
-                counts[0] += bool(row["success"])
-                counts[1] += 1
-                bar.update(1)
-                bar.set_postfix(mask=job.mask, success=f"{counts[0]}/{counts[1]}", error=bool(row.get("error")))
-    finally:
-        bar.close()
-        if server is not None:
-            server.stop()
-    summary = write_summary(out, split_keys, extra, args.success_within)
-    return summary
+                finished(row)
+        wall = time.perf_counter() - began
+    extra = {**extra, "last_run": run_record(args, len(addresses), len(todo), wall)}
+    return write_summary(out, split_keys, extra, args.success_within)
+
+
+def episode_address(addresses: Sequence[str], index: int, stateless: bool) -> str:
+    """Stateful episodes are spread over the servers one episode each (an episode lives on one server);
+    stateless ones go to all of them, the client balancing every call."""
+    return ",".join(addresses) if stateless else addresses[index % len(addresses)]
+
+
+def run_record(args: ServerEvalConfig, servers: int, episodes: int, wall_s: float) -> dict:
+    """How this invocation ran (a resumed run reports its own part): backend, workers, throughput."""
+    return {
+        "backend": f"ray {args.ray}" if args.ray is not None else "processes",
+        "workers": args.workers,
+        "servers": servers,
+        "stateless": args.stateless,
+        "episodes": episodes,
+        "wall_s": round(wall_s, 2),
+        "episodes_per_hour": round(3600 * episodes / wall_s, 1) if episodes and wall_s > 0 else None,
+    }
 
 
 def _served_temperature(address: str) -> float:

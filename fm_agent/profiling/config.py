@@ -125,3 +125,31 @@ class MasksConfig:
 
     def validate(self) -> None:
         check_masks((self.mask,), "--mask")
+
+
+@dataclass(kw_only=True)
+class ScaleoutConfig:
+    """Episode throughput per backend and worker count: the same episodes through the policy server with
+    worker processes and with Ray actors (--ray local), 1..N workers. Writes scaleout.json + scaleout.png."""
+
+    benchmark: Literal["libero", "babyai"] = "libero"
+    checkpoint: Path | None = None
+    """policy (default: checkpoints/libero_spatial or checkpoints/babyai_opendoors)"""
+    workers: tuple[int, ...] = (1, 2)
+    backends: tuple[Literal["processes", "ray"], ...] = ("processes", "ray")
+    episodes: int = 8
+    """episodes per configuration (LIBERO: tasks 0.. from held-out initial state 10; BabyAI: seeds 100000..)"""
+    max_steps: int | None = None
+    """cap per episode (default: the protocol's)"""
+    server_threads: int = 1
+    out: Path = Path("runs/scaleout")
+    """folder for scaleout.json, scaleout.png and one evaluation folder per configuration"""
+
+    def validate(self) -> None:
+        require_at_least(self, 1, "episodes", "max_steps", "server_threads")
+        if not self.workers or min(self.workers) < 1:
+            raise ConfigError("--workers: give worker counts >= 1")
+        if self.benchmark == "libero" and self.episodes > 10:
+            raise ConfigError("--episodes: at most 10 for libero (one per task, held-out initial state 10)")
+        if self.checkpoint is not None and not self.checkpoint.exists():
+            raise ConfigError(f"checkpoint {self.checkpoint} does not exist")

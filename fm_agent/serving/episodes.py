@@ -60,8 +60,9 @@ class EpisodeStore:
         if episode is None:
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown episode {shorten(episode_id)} (never started, ended, or evicted after "
-                f"{self.idle_timeout_s:.0f} s idle)",
+                f"unknown episode {shorten(episode_id)} (never started, ended, evicted after "
+                f"{self.idle_timeout_s:.0f} s idle, or started on another server: behind a load balancer, "
+                "run episodes stateless with ActStateless)",
             )
         episode.last_used = time.monotonic()
         return episode

@@ -54,17 +54,18 @@ def openpi_mapping(config: ServeConfig, cameras: list[str]) -> OpenpiMapping | N
     return mapping
 
 
-def run_serve(config: ServeConfig, command: str = "") -> int:
-    config.validate()
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonLogFormatter() if config.json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    )
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+def load_served_policy(config: ServeConfig) -> VLAPolicy:
+    """The policy as ``fm-agent serve`` runs it, with its torch threads (a Ray server actor loads it the same way)."""
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    torch.set_num_interop_threads(1)  # the server runs one model thread; inter-op parallelism is unused
-    policy = VLAPolicy.from_pretrained(config.checkpoint, fast_decode=not config.reference_decode)
-    settings = ServerSettings(
+    try:
+        torch.set_num_interop_threads(1)  # the server runs one model thread; inter-op parallelism is unused
+    except RuntimeError:  # already set in this process (a long-lived actor)
+        pass
+    return VLAPolicy.from_pretrained(config.checkpoint, fast_decode=not config.reference_decode)
+
+
+def server_settings(config: ServeConfig, policy: VLAPolicy) -> ServerSettings:
+    return ServerSettings(
         host=config.host,
         port=config.port,
         default_mask=config.default_spec().label,
@@ -82,6 +83,17 @@ def run_serve(config: ServeConfig, command: str = "") -> int:
         openpi_port=config.openpi_port,
         openpi_mapping=openpi_mapping(config, policy.config.cameras),
     )
+
+
+def run_serve(config: ServeConfig, command: str = "") -> int:
+    config.validate()
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonLogFormatter() if config.json_logs else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    policy = load_served_policy(config)
+    settings = server_settings(config, policy)
     try:
         return asyncio.run(serve(policy, settings, ready_file=config.ready_file))
     except PortInUse as error:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from fm_agent_client.v1 import policy_pb2 as pb
 from .. import __version__
 from ..attention import MASK_KINDS, FutureMaskSpec
 from ..model import Observation, PreparedObservation, VLAPolicy, step_generator
+from ..model.history import EpisodeHistory
 from ..model.text_tokenizer import words
 from .batching import ModelWorker, QueueFull
 from .codec import decode_observation, spec_from_message
@@ -248,13 +250,20 @@ class PolicyServicer:
             episode.steps += 1
         return batched, step, decoded
 
-    def start_episode(self, instruction: str, mask: pb.MaskOptions, seed: int, temperature: float | None) -> Episode:
-        """Check and open an episode (gRPC StartEpisode and the openpi endpoint alike)."""
+    def episode_settings(
+        self, instruction: str, mask: pb.MaskOptions, temperature: float | None
+    ) -> tuple[FutureMaskSpec, float]:
+        """The checked mask spec and temperature of an episode (stateful or stateless)."""
         prompt_length = self._check_instruction(instruction)
         spec = spec_from_message(mask, self.default_spec, prompt_length)
         temperature = self.policy.config.temperature if temperature is None else temperature
         if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
             raise invalid(f"temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {temperature}")
+        return spec, temperature
+
+    def start_episode(self, instruction: str, mask: pb.MaskOptions, seed: int, temperature: float | None) -> Episode:
+        """Check and open an episode (gRPC StartEpisode and the openpi endpoint alike)."""
+        spec, temperature = self.episode_settings(instruction, mask, temperature)
         self._evict()
         episode = self.episodes.start(instruction, spec, seed, temperature)
         log.info(
@@ -267,11 +276,44 @@ class PolicyServicer:
     async def _act(self, request, context) -> pb.ActResponse:
         received = time.perf_counter()
         episode = self.episodes.get(_well_formed(request).episode_id)
-        remaining = context.time_remaining() if context is not None else None
-        deadline = time.monotonic() + remaining if remaining is not None else None
-        batched, step, decoded = await self.step(episode, lambda: self._prepare(request, episode), deadline)
+        batched, step, decoded = await self.step(episode, lambda: self._prepare(request, episode), _deadline(context))
+        return self._response(episode.id, step, batched, received, decoded)
+
+    async def ActStateless(self, request, context) -> pb.ActResponse:
+        return await self._guard(context, self._act_stateless(request, context), "ActStateless")
+
+    async def _act_stateless(self, request, context) -> pb.ActResponse:
+        """A step of an episode that lives on the client: a throwaway Episode is filled with the sent
+        frames (their vision features computed afresh) and stepped exactly as a stored one would be."""
+        received = time.perf_counter()
+        _well_formed(request)
+        length = self.policy.config.history
+        if not 1 <= len(request.frames) <= length:
+            raise invalid(f"frames: send 1 to {length} observations (the policy's history), got {len(request.frames)}")
+        settings = request.episode
+        temperature = settings.temperature if settings.HasField("temperature") else None
+        spec, temperature = self.episode_settings(settings.instruction, settings.mask, temperature)
+        seed = settings.seed or secrets.randbits(63)
+        episode = Episode("", settings.instruction, spec, EpisodeHistory(length), seed, temperature, request.step)
+
+        def prepare() -> tuple[dict, PreparedObservation]:
+            cfg = self.policy.config
+            *earlier, current = request.frames
+            for observation in earlier:
+                frame, _ = decode_observation(observation, cfg.cameras, cfg.proprio_dim, self.limits)
+                try:
+                    episode.history.append(self.policy.check_frame(frame))
+                except ValueError as error:
+                    raise invalid(str(error)) from None
+            frame, proprio = decode_observation(current, cfg.cameras, cfg.proprio_dim, self.limits)
+            return self.prepare_frame(frame, proprio, episode)
+
+        batched, step, decoded = await self.step(episode, prepare, _deadline(context))
+        return self._response("", step, batched, received, decoded)
+
+    def _response(self, episode_id: str, step: int, batched: Any, received: float, decoded: float) -> pb.ActResponse:
         result, timings = batched.result, batched.result.timings_ms
-        response = pb.ActResponse(episode_id=episode.id, step=step, chunk=self.policy.actions.chunk)
+        response = pb.ActResponse(episode_id=episode_id, step=step, chunk=self.policy.actions.chunk)
         if self.policy.actions.kind == "continuous":
             response.dims = self.policy.actions.dims
             response.actions.extend(result.actions.reshape(-1).tolist())
@@ -331,6 +373,12 @@ class PolicyServicer:
                 )
 
 
+def _deadline(context: Any) -> float | None:
+    """The call's deadline on the monotonic clock, if the client set one."""
+    remaining = context.time_remaining() if context is not None else None
+    return time.monotonic() + remaining if remaining is not None else None
+
+
 def _service_handler(servicer: PolicyServicer) -> grpc.GenericRpcHandler:
     def unary(method, request_type, response_type):
         return grpc.unary_unary_rpc_method_handler(
@@ -344,6 +392,7 @@ def _service_handler(servicer: PolicyServicer) -> grpc.GenericRpcHandler:
             "StartEpisode": unary(servicer.StartEpisode, pb.StartEpisodeRequest, pb.StartEpisodeResponse),
             "EndEpisode": unary(servicer.EndEpisode, pb.EndEpisodeRequest, pb.EndEpisodeResponse),
             "Act": unary(servicer.Act, pb.ActRequest, pb.ActResponse),
+            "ActStateless": unary(servicer.ActStateless, pb.StatelessActRequest, pb.ActResponse),
             "StreamAct": grpc.stream_stream_rpc_method_handler(
                 servicer.StreamAct,
                 request_deserializer=tolerant(pb.ActRequest),

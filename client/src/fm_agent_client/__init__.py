@@ -8,13 +8,21 @@
 
 Calls carry a deadline; ``UNAVAILABLE`` (server restarting, connection refused) is retried with
 exponential backoff, and the channel reconnects by itself once the server is back.
+
+Several replicas: give their addresses comma-separated (``"10.0.0.1:50051,10.0.0.2:50051"``) and the
+channel balances calls over them (gRPC's round_robin). Episodes stored on a server live on one
+replica, so behind a balancer run them with :class:`StatelessEpisode`, whose history stays here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import random
+import socket
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +50,7 @@ __all__ = [
     "MergeOptions",
     "PolicyClient",
     "RetryPolicy",
+    "StatelessEpisode",
     "StreamActError",
     "act_request",
     "encode_act_request",
@@ -67,8 +76,33 @@ class RetryPolicy:
         return self.backoff_s * (2**attempt) * (0.5 + random.random() / 2)  # exponential, with jitter
 
 
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [("grpc.max_send_message_length", max_message_bytes), ("grpc.max_receive_message_length", max_message_bytes)]
+
+
+ROUND_ROBIN = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+
+
+def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
+    """gRPC target and extra channel options for ``address``: one ``host:port`` as it is; several,
+    comma-separated, as one ``ipv4:``/``ipv6:`` target over their resolved addresses with round_robin
+    balancing (a replica that goes away is skipped once its connection fails)."""
+    parts = [p.strip() for p in address.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return address, []
+    resolved, family = [], None
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(socket.gethostbyname(host))  # the balancer needs addresses, not names
+        family = family or ("ipv6" if ip.version == 6 else "ipv4")
+        if (ip.version == 6) != (family == "ipv6"):
+            raise ValueError(f"replicas must all be IPv4 or all IPv6, got {address!r}")
+        resolved.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    return f"{family}:{','.join(resolved)}", [ROUND_ROBIN]
 
 
 def _bearer(token: str | None) -> list[tuple[str, str]] | None:
@@ -90,11 +124,12 @@ class PolicyClient:
         root_certificates: bytes | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        options = _channel_options(max_message_bytes)
+        target, balancing = channel_target(address)
+        options = _channel_options(max_message_bytes) + balancing
         if root_certificates is not None:
-            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
         else:
-            self.channel = grpc.insecure_channel(address, options)
+            self.channel = grpc.insecure_channel(target, options)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
         self._act = prebuilt(self.channel, "unary_unary", "Act")
         self.timeout, self.retry = timeout, RetryPolicy(retries, backoff_s)
@@ -145,6 +180,11 @@ class PolicyClient:
         request = encode_act_request(episode_id, images, proprio, encoding)
         return ActResult.from_response(self._call(self._act, request, timeout))
 
+    def act_stateless(self, request: pb.StatelessActRequest, timeout: float | None = None) -> ActResult:
+        """One ``ActStateless`` step (see :class:`StatelessEpisode`). Retried on UNAVAILABLE like every
+        call: the request holds the whole episode, so whichever replica answers gives the same step."""
+        return ActResult.from_response(self._call(self.stub.ActStateless, request, timeout))
+
     def open_stream(self, driver: str = "auto") -> ActStream:
         """A control loop on one ``StreamAct`` stream (see :class:`ActStream`)."""
         return ActStream(self.channel, self.metadata, driver)
@@ -167,6 +207,46 @@ class PolicyClient:
         self.close()
 
 
+class StatelessEpisode:
+    """An episode whose frame history is kept here and sent with every step (``ActStateless``).
+
+    The server keeps nothing, so any replica answers any step and losing one loses nothing: the
+    next try goes to another with the same request. A seed is drawn here when none is given, so
+    every replica samples step i from the same (seed, i). A failed step changes nothing."""
+
+    def __init__(
+        self,
+        client: PolicyClient,
+        instruction: str,
+        mask: str | FutureMaskSpec = "",
+        seed: int = 0,
+        temperature: float | None = None,
+        history: int | None = None,
+        **merge_options: Any,
+    ) -> None:
+        self.client = client
+        seed = seed or random.getrandbits(63) + 1
+        self.settings = start_request(instruction, mask, seed=seed, temperature=temperature, **merge_options)
+        self.length = history or client.info().history
+        self.frames: deque[pb.Observation] = deque(maxlen=self.length)
+        self.step = 0
+
+    def act(
+        self,
+        images: Mapping[str, np.ndarray],
+        proprio: Sequence[float] | np.ndarray | None = None,
+        encoding: str = "raw",
+        timeout: float | None = None,
+    ) -> ActResult:
+        observation = act_request("", images, proprio, encoding).observation
+        request = pb.StatelessActRequest(episode=self.settings, step=self.step)
+        request.frames.extend([*self.frames, observation][-self.length :])
+        result = self.client.act_stateless(request, timeout)
+        self.frames.append(observation)  # committed once the step succeeded, as the server does
+        self.step += 1
+        return result
+
+
 class AsyncPolicyClient:
     """asyncio twin of :class:`PolicyClient`."""
 
@@ -180,11 +260,12 @@ class AsyncPolicyClient:
         root_certificates: bytes | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        options = _channel_options(max_message_bytes)
+        target, balancing = channel_target(address)
+        options = _channel_options(max_message_bytes) + balancing
         if root_certificates is not None:
-            self.channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
+            self.channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates), options)
         else:
-            self.channel = grpc.aio.insecure_channel(address, options)
+            self.channel = grpc.aio.insecure_channel(target, options)
         self.stub = pb_grpc.PolicyServiceStub(self.channel)
         self._act = prebuilt(self.channel, "unary_unary", "Act")
         self.timeout, self.retry = timeout, RetryPolicy(retries, backoff_s)

@@ -167,6 +167,16 @@ class ActRequest(_message.Message):
     observation: Observation
     def __init__(self, episode_id: _Optional[str] = ..., observation: _Optional[_Union[Observation, _Mapping]] = ...) -> None: ...
 
+class StatelessActRequest(_message.Message):
+    __slots__ = ("episode", "frames", "step")
+    EPISODE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    episode: StartEpisodeRequest
+    frames: _containers.RepeatedCompositeFieldContainer[Observation]
+    step: int
+    def __init__(self, episode: _Optional[_Union[StartEpisodeRequest, _Mapping]] = ..., frames: _Optional[_Iterable[_Union[Observation, _Mapping]]] = ..., step: _Optional[int] = ...) -> None: ...
+
 class LatencyBreakdown(_message.Message):
     __slots__ = ("queue_ms", "preprocess_ms", "prefill_ms", "decode_ms", "server_ms", "batch_size")
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]

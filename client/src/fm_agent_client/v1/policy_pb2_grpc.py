@@ -59,6 +59,11 @@ class PolicyServiceStub:
                 request_serializer=fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
                 response_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
                 _registered_method=True)
+        self.ActStateless = channel.unary_unary(
+                '/fm_agent.v1.PolicyService/ActStateless',
+                request_serializer=fm__agent__client_dot_v1_dot_policy__pb2.StatelessActRequest.SerializeToString,
+                response_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -98,6 +103,16 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ActStateless(self, request, context):
+        """One control step that leaves nothing on the server: the request carries the episode's settings and
+        its frame history, so any replica behind a load balancer answers any step, and losing a replica
+        loses no episode. Step i of a stateless episode returns what Act returns at step i of a stateful
+        one with the same settings, seed and frames.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +139,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
             'StreamAct': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamAct,
                     request_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.FromString,
+                    response_serializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
+            ),
+            'ActStateless': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActStateless,
+                    request_deserializer=fm__agent__client_dot_v1_dot_policy__pb2.StatelessActRequest.FromString,
                     response_serializer=fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.SerializeToString,
             ),
     }
@@ -261,6 +281,33 @@ class PolicyService:
             target,
             '/fm_agent.v1.PolicyService/StreamAct',
             fm__agent__client_dot_v1_dot_policy__pb2.ActRequest.SerializeToString,
+            fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActStateless(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fm_agent.v1.PolicyService/ActStateless',
+            fm__agent__client_dot_v1_dot_policy__pb2.StatelessActRequest.SerializeToString,
             fm__agent__client_dot_v1_dot_policy__pb2.ActResponse.FromString,
             options,
             channel_credentials,
