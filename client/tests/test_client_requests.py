@@ -8,7 +8,16 @@ import sys
 import numpy as np
 import pytest
 
-from fm_agent_client import FutureMaskSpec, act_request, encode_act_request, mask_options, pb, start_request
+from fm_agent_client import (
+    ROUND_ROBIN,
+    FutureMaskSpec,
+    act_request,
+    channel_target,
+    encode_act_request,
+    mask_options,
+    pb,
+    start_request,
+)
 
 
 def test_the_one_copy_encoder_writes_the_same_message_as_protobuf() -> None:
@@ -50,3 +59,12 @@ def test_the_client_imports_no_ml_stack() -> None:
     code = "import sys, fm_agent_client; print([m for m in ('torch', 'transformers', 'fm_agent') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_several_addresses_make_one_round_robin_target() -> None:
+    assert channel_target("127.0.0.1:50051") == ("127.0.0.1:50051", [])
+    target, options = channel_target("127.0.0.1:5001, localhost:5002")
+    assert target == "ipv4:127.0.0.1:5001,127.0.0.1:5002" and options == [ROUND_ROBIN]
+    assert channel_target("[::1]:5001,[::1]:5002")[0] == "ipv6:[::1]:5001,[::1]:5002"
+    with pytest.raises(ValueError, match="all be IPv4 or all IPv6"):
+        channel_target("127.0.0.1:5001,[::1]:5002")

@@ -7,13 +7,17 @@ balancer must fail with a status that says what to do, not hang.
 
 from __future__ import annotations
 
+import json
 import signal
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from serving_helpers import INSTRUCTION, frame, start_server
 
+from fm_agent.evaluation.config import BabyAIEvalConfig
+from fm_agent.evaluation.jobs import run_babyai_eval
 from fm_agent_client import PolicyClient, StatelessEpisode, pb
 from fm_agent_client.requests import act_request, start_request
 
@@ -101,3 +105,30 @@ def test_stateless_requests_are_bounded_and_checked(replicas) -> None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "proprio" in details
         ok = client.act_stateless(pb.StatelessActRequest(episode=settings, frames=frames[:2], step=4))
         assert ok.step == 4 and ok.actions.shape == (2, 7)
+
+
+@pytest.mark.simulator
+def test_an_evaluation_runs_stateless_over_replicas_as_it_runs_on_one_server(tmp_path) -> None:
+    checkpoint = Path(__file__).resolve().parents[2] / "checkpoints" / "babyai_opendoors"
+    servers = [start_server(checkpoint), start_server(checkpoint)]
+    try:
+        common = dict(episodes=3, max_steps=12, temperature=1.0, masks=("Mf+merge",), seed=77)
+        one = BabyAIEvalConfig(**common, checkpoint=checkpoint, server=(servers[0].address,), out=tmp_path / "one")
+        both = BabyAIEvalConfig(
+            **common,
+            checkpoint=checkpoint,
+            server=tuple(s.address for s in servers),
+            stateless=True,
+            out=tmp_path / "both",
+        )
+        assert run_babyai_eval(one) == 0 and run_babyai_eval(both) == 0
+    finally:
+        for server in servers:
+            server.stop()
+
+    def outcomes(folder: Path) -> list[tuple]:
+        rows = [json.loads(line) for line in (folder / "episodes.jsonl").read_text().splitlines()]
+        return sorted((r["key"], r["success"], r["steps"], r["error"]) for r in rows)
+
+    assert outcomes(tmp_path / "one") == outcomes(tmp_path / "both")
+    assert json.loads((tmp_path / "both" / "summary.json").read_text())["last_run"]["servers"] == 2
