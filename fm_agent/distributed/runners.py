@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -91,6 +92,8 @@ def ray_cluster(address: str, cpus_needed: int = 1) -> Iterator[dict[str, float]
         yield ray.cluster_resources()
         return
     runtime_env = {"env_vars": WORKER_ENV_VARS}
+    if address not in ("local", "auto"):
+        _probe(address)
     try:
         if address == "local":
             # Ray runs workers at niceness 15 by default; here they do the run's work (simulators, the
@@ -114,6 +117,17 @@ def ray_cluster(address: str, cpus_needed: int = 1) -> Iterator[dict[str, float]
 
 
 _JOB_ACTOR: Any = None
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fails fast on an address nothing listens on: Ray itself keeps retrying for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--ray {address!r}: give local, auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise RayUnavailable(f"--ray {address}: nothing answers there ({error})") from None
 
 
 def _job_actor_class():

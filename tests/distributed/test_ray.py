@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,11 @@ def test_dagger_on_ray_collects_what_the_process_backend_collects(cluster, tmp_p
     for path in files:
         a, b = read_episode(tmp_path / "ray" / path), read_episode(tmp_path / "here" / path)
         assert (a.actions == b.actions).all() and a.metadata == b.metadata
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path) -> None:
+    command = [sys.executable, "-m", "fm_agent.cli", "eval-babyai", "--ray", "127.0.0.1:1", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 2
+    assert "--ray 127.0.0.1:1: nothing answers there" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "episodes.jsonl").exists()
