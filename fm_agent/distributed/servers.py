@@ -2,8 +2,9 @@
 
 Each actor is one ``fm-agent serve`` (the same policy loading and server settings, the same health
 and reflection services) listening on its node's address, so simulator workers on any node reach
-it. An actor asks Ray for the CPUs its torch threads use, and for a GPU when the cluster has one;
-the server dies with its actor, so a killed run leaves no stray server behind.
+it. An actor asks Ray for the CPUs its torch threads use. It asks for no GPU: ``VLAPolicy`` runs on
+the CPU only (it has no device placement yet), and a reserved GPU would sit idle. The server dies
+with its actor, so a killed run leaves no stray server behind.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class PolicyServerActor:
 
 @dataclass
 class RayServers:
-    """``count`` server actors of ``threads`` CPUs (plus a GPU each where the cluster has GPUs)."""
+    """``count`` server actors of ``threads`` CPUs each."""
 
     checkpoint: Path
     count: int = 1
@@ -69,8 +70,7 @@ class RayServers:
 
     def start(self) -> list[str]:
         ray = import_ray()
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        remote = ray.remote(PolicyServerActor).options(num_cpus=self.threads, num_gpus=gpus, max_restarts=0)
+        remote = ray.remote(PolicyServerActor).options(num_cpus=self.threads, max_restarts=0)
         checkpoint = str(Path(self.checkpoint).resolve())  # the same path on every node (a shared or copied tree)
         self.actors = [remote.remote(checkpoint, self.threads, self.max_batch) for _ in range(self.count)]
         self.addresses = ray.get([actor.start.remote() for actor in self.actors])

@@ -38,8 +38,7 @@ class ServerEvalConfig:
     """run the simulator workers as Ray actors: 'local' starts a cluster on this machine, 'auto' joins the
     one the environment points to (RAY_ADDRESS), or a cluster address (HOST:PORT, ray://HOST:PORT)"""
     ray_servers: int = 1
-    """with --ray and no --server: policy servers started as Ray actors (--server-threads CPUs each, and a GPU
-    where the cluster has one)"""
+    """with --ray and no --server: policy servers started as Ray actors (--server-threads CPUs each)"""
     stateless: bool = False
     """episodes keep their frame history on the client and send it every step (ActStateless), so any server
     answers any step: with several --server replicas the client balances every call and survives losing one"""
