@@ -7,6 +7,7 @@ balancer must fail with a status that says what to do, not hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from pathlib import Path
@@ -18,7 +19,7 @@ from serving_helpers import INSTRUCTION, frame, start_server
 
 from fm_agent.evaluation.config import BabyAIEvalConfig
 from fm_agent.evaluation.jobs import run_babyai_eval
-from fm_agent_client import PolicyClient, StatelessEpisode, pb
+from fm_agent_client import AsyncPolicyClient, PolicyClient, StatelessEpisode, pb
 from fm_agent_client.requests import act_request, start_request
 
 STEPS = 8
@@ -51,6 +52,19 @@ def test_a_stateless_step_equals_the_stateful_step(replicas, mask) -> None:
     for step, (want, got) in enumerate(zip(reference, stateless)):
         np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
     assert len({a.tobytes() for a in reference}) > 1  # sampled actions that vary: the check has teeth
+
+
+def test_the_asyncio_client_steps_a_stateless_episode_alike(replicas) -> None:
+    with PolicyClient(replicas[0].address) as client:
+        reference = stateful_actions(client, "Mf+merge", seed=13)
+
+    async def run() -> list[np.ndarray]:
+        async with AsyncPolicyClient(",".join(s.address for s in replicas)) as client:
+            episode = StatelessEpisode(None, INSTRUCTION, "Mf+merge", seed=13, temperature=1.0, history=2)
+            return [(await episode.act_async(client, frame(step), proprio(step))).actions for step in range(STEPS)]
+
+    for step, (want, got) in enumerate(zip(reference, asyncio.run(run()))):
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
 
 
 def test_an_episode_survives_losing_a_replica(tiny_policy) -> None:

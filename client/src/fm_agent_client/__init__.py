@@ -214,11 +214,14 @@ class StatelessEpisode:
 
     The server keeps nothing, so any replica answers any step and losing one loses nothing: the
     next try goes to another with the same request. A seed is drawn here when none is given, so
-    every replica samples step i from the same (seed, i). A failed step changes nothing."""
+    every replica samples step i from the same (seed, i). A failed step changes nothing.
+
+    With an :class:`AsyncPolicyClient`, pass ``client=None`` and the policy's ``history``
+    (``PolicyInfo.history``), and step with :meth:`act_async`."""
 
     def __init__(
         self,
-        client: PolicyClient,
+        client: PolicyClient | None,
         instruction: str,
         mask: str | FutureMaskSpec = "",
         seed: int = 0,
@@ -229,9 +232,28 @@ class StatelessEpisode:
         self.client = client
         seed = seed or random.getrandbits(63) + 1
         self.settings = start_request(instruction, mask, seed=seed, temperature=temperature, **merge_options)
-        self.length = history or client.info().history
+        if history is None and client is None:
+            raise ValueError("give history (PolicyInfo.history) when there is no PolicyClient to ask")
+        self.length = history or client.info().history  # type: ignore[union-attr]  (one of the two is given)
         self.frames: deque[pb.Observation] = deque(maxlen=self.length)
         self.step = 0
+
+    def request(
+        self,
+        images: Mapping[str, np.ndarray],
+        proprio: Sequence[float] | np.ndarray | None = None,
+        encoding: str = "raw",
+    ) -> tuple[pb.StatelessActRequest, pb.Observation]:
+        """The next step's request and its new observation (for :meth:`commit` once it succeeded)."""
+        observation = act_request("", images, proprio, encoding).observation
+        request = pb.StatelessActRequest(episode=self.settings, step=self.step)
+        request.frames.extend([*self.frames, observation][-self.length :])
+        return request, observation
+
+    def commit(self, observation: pb.Observation) -> None:
+        """The step succeeded: its frame joins the history (a failed step changes nothing, as on the server)."""
+        self.frames.append(observation)
+        self.step += 1
 
     def act(
         self,
@@ -240,12 +262,25 @@ class StatelessEpisode:
         encoding: str = "raw",
         timeout: float | None = None,
     ) -> ActResult:
-        observation = act_request("", images, proprio, encoding).observation
-        request = pb.StatelessActRequest(episode=self.settings, step=self.step)
-        request.frames.extend([*self.frames, observation][-self.length :])
+        if self.client is None:
+            raise ValueError("this episode has no PolicyClient: step it with act_async")
+        request, observation = self.request(images, proprio, encoding)
         result = self.client.act_stateless(request, timeout)
-        self.frames.append(observation)  # committed once the step succeeded, as the server does
-        self.step += 1
+        self.commit(observation)
+        return result
+
+    async def act_async(
+        self,
+        client: AsyncPolicyClient,
+        images: Mapping[str, np.ndarray],
+        proprio: Sequence[float] | np.ndarray | None = None,
+        encoding: str = "raw",
+        timeout: float | None = None,
+    ) -> ActResult:
+        """The same step through an :class:`AsyncPolicyClient`."""
+        request, observation = self.request(images, proprio, encoding)
+        result = await client.act_stateless(request, timeout)
+        self.commit(observation)
         return result
 
 
@@ -311,6 +346,10 @@ class AsyncPolicyClient:
     ) -> ActResult:
         response = await self._call(self._act, encode_act_request(episode_id, images, proprio, encoding), timeout)
         return ActResult.from_response(response)
+
+    async def act_stateless(self, request: pb.StatelessActRequest, timeout: float | None = None) -> ActResult:
+        """``ActStateless`` (see :class:`StatelessEpisode`, which builds the requests)."""
+        return ActResult.from_response(await self._call(self.stub.ActStateless, request, timeout))
 
     async def end_episode(self, episode_id: str) -> int:
         return (await self._call(self.stub.EndEpisode, pb.EndEpisodeRequest(episode_id=episode_id))).steps
