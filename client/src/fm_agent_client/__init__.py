@@ -232,9 +232,11 @@ class StatelessEpisode:
         self.client = client
         seed = seed or random.getrandbits(63) + 1
         self.settings = start_request(instruction, mask, seed=seed, temperature=temperature, **merge_options)
-        if history is None and client is None:
-            raise ValueError("give history (PolicyInfo.history) when there is no PolicyClient to ask")
-        self.length = history or client.info().history  # type: ignore[union-attr]  (one of the two is given)
+        if history is None:
+            if client is None:
+                raise ValueError("give history (PolicyInfo.history) when there is no PolicyClient to ask")
+            history = client.info().history
+        self.length = history
         self.frames: deque[pb.Observation] = deque(maxlen=self.length)
         self.step = 0
 
