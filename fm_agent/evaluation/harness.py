@@ -14,6 +14,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -130,12 +131,15 @@ def run_jobs(
     executor: ExecutorOptions | None = None,
     stateless: bool = False,
     videos_out: dict[str, bytes] | None = None,
+    discard_env: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Runs ``jobs`` in this process against the server at ``address`` (several, comma-separated: the
     client balances calls over them, for ``stateless`` episodes); returns the episode rows.
 
     With ``videos_out`` (a worker's call) videos are returned there as MP4 bytes by file name and no
-    row is appended: the driver writes both; otherwise this call writes them under ``out``."""
+    row is appended: the driver writes both; otherwise this call writes them under ``out``.
+    ``discard_env(name)`` is told when an episode on that env failed, so a cached simulator that may
+    be what failed is rebuilt before it is used again."""
     rows, envs, actors = [], {}, {}
     client = PolicyClient(address, retries=8, backoff_s=0.25)
     try:
@@ -169,6 +173,8 @@ def run_jobs(
                         )
                     )
                     envs.pop(job.env, None)  # a crashed simulator is rebuilt
+                    if discard_env is not None:
+                        discard_env(job.env)
                     if restart is not None and attempt < retries:
                         address = restart()
                         client.close()
@@ -266,13 +272,42 @@ def plot_summary(summary: dict, by_mask: dict[str, list[EpisodeResult]], path: P
     plt.close(fig)
 
 
-_WORKER_ENVS: dict[str, Any] = {}  # per worker process: simulators are built once and reused across jobs
+# Per process (a worker, or the driver of a one-worker run): simulators are built once and reused
+# across jobs, the most recently used first. A LIBERO simulator holds about 0.8-0.9 GB and takes
+# 8-13 s to build here, so a worker keeps at most two, and jobs come task by task (see the LIBERO
+# job order) so that consecutive jobs share one.
+MAX_CACHED_SIMULATORS = 2
+_WORKER_ENVS: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
 
 def _worker_env(name: str, env_kwargs: dict):
-    if name not in _WORKER_ENVS:
-        _WORKER_ENVS[name] = make_env(name, **env_kwargs)
-    return _WORKER_ENVS[name]
+    key = (name, json.dumps(env_kwargs, sort_keys=True))
+    if key in _WORKER_ENVS:
+        _WORKER_ENVS.move_to_end(key)
+        return _WORKER_ENVS[key]
+    while len(_WORKER_ENVS) >= MAX_CACHED_SIMULATORS:
+        _close_quietly(_WORKER_ENVS.popitem(last=False)[1])
+    _WORKER_ENVS[key] = make_env(name, **env_kwargs)
+    return _WORKER_ENVS[key]
+
+
+def _drop_worker_env(name: str, env_kwargs: dict) -> None:
+    """After an episode errored: the simulator may be what failed, so the next job builds a fresh one."""
+    env = _WORKER_ENVS.pop((name, json.dumps(env_kwargs, sort_keys=True)), None)
+    if env is not None:
+        _close_quietly(env)
+
+
+def close_worker_envs() -> None:
+    while _WORKER_ENVS:
+        _close_quietly(_WORKER_ENVS.popitem()[1])
+
+
+def _close_quietly(env: Any) -> None:
+    try:
+        env.close()
+    except Exception:  # noqa: BLE001  (a dead simulator may not close cleanly)
+        pass
 
 
 class _Borrowed:
@@ -311,7 +346,7 @@ class WorkerSettings:
 
 def run_worker_job(task: tuple[EpisodeJob, str, WorkerSettings]) -> tuple[dict, dict[str, bytes]]:
     """One episode in a worker (process or Ray actor); its simulator is cached for the worker's next
-    jobs. Returns the row and its videos for the driver to write."""
+    jobs (dropped if the episode errored). Returns the row and its videos for the driver to write."""
     job, address, settings = task
     os.environ.setdefault("MUJOCO_GL", "egl")
     videos: dict[str, bytes] = {}
@@ -329,14 +364,8 @@ def run_worker_job(task: tuple[EpisodeJob, str, WorkerSettings]) -> tuple[dict, 
         settings.executor,
         settings.stateless,
         videos,
+        lambda name: _drop_worker_env(name, settings.env_kwargs),
     )
-    if rows[0].get("error"):  # the simulator may be what failed: the next job in this worker builds a fresh one
-        crashed = _WORKER_ENVS.pop(job.env, None)
-        if crashed is not None:
-            try:
-                crashed.close()
-            except Exception:  # noqa: BLE001  (a dead simulator may not close cleanly)
-                pass
     return rows[0], videos
 
 
@@ -417,6 +446,7 @@ def evaluate(
 
     with ExitStack() as stack:
         stack.callback(bar.close)
+        stack.callback(close_worker_envs)  # the simulators a one-worker run kept in this process
         if args.ray is not None:
             stack.enter_context(ray_cluster(args.ray, _cpus_needed(args)))
         addresses, local = stack.enter_context(policy_servers(args))
@@ -449,7 +479,7 @@ def evaluate(
                 (row,) = run_jobs(
                     [job],
                     address,
-                    lambda name: make_env(name, **env_kwargs),
+                    lambda name: _Borrowed(_worker_env(name, env_kwargs)),
                     out,
                     video_camera,
                     args.videos,
@@ -459,6 +489,8 @@ def evaluate(
                     args.temperature,
                     options,
                     args.stateless,
+                    None,
+                    lambda name: _drop_worker_env(name, env_kwargs),
                 )
                 finished(row)
         wall = time.perf_counter() - began

@@ -81,11 +81,12 @@ def run_libero_eval(config: LiberoEvalConfig, command: str = "") -> int:
     states = config.states()
     image_size = config.image_size or _checkpoint_image_size(config) or 128
     out = config.out or Path("runs/libero_eval")
-    # episode-major, masks innermost: an interrupted sweep still compares every mask on the same episodes
+    # task by task, so that consecutive jobs share a simulator (a worker keeps two); masks innermost, so
+    # an interrupted sweep still compares every mask on the same episodes
     jobs = [
         EpisodeJob(mask, f"libero:{config.suite}/{t}", i, config.seed + i, s)
-        for i, s in enumerate(states)
         for t in tasks
+        for i, s in enumerate(states)
         for mask in config.masks
     ]
     summary = evaluate(

@@ -198,3 +198,28 @@ def test_random_baseline_replays_with_its_seed_and_runs_from_the_cli(tmp_path) -
     assert summary["masks"]["random"]["overall"]["episodes"] == 2
     # neither a checkpoint nor the baseline: refused before anything runs
     assert cli(["eval-local", "--env", "babyai:BabyAI-OpenDoorsOrderN4-v0"]) == 2
+
+
+def test_a_worker_keeps_its_two_latest_simulators(monkeypatch) -> None:
+    from fm_agent.evaluation import harness  # noqa: PLC0415
+
+    class Sim:
+        def __init__(self, name: str, **kwargs) -> None:
+            self.name, self.kwargs, self.closed = name, kwargs, False
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(harness, "make_env", Sim)
+    harness.close_worker_envs()
+    a = harness._worker_env("task/0", {"image_size": 64})
+    assert harness._worker_env("task/0", {"image_size": 64}) is a  # reused, not rebuilt
+    b = harness._worker_env("task/0", {"image_size": 128})  # other settings: another simulator
+    assert b is not a and b.kwargs == {"image_size": 128}
+    harness._worker_env("task/0", {"image_size": 64})  # a is the most recent again
+    c = harness._worker_env("task/1", {"image_size": 64})
+    assert b.closed and not a.closed and not c.closed  # at most two kept: the least recent went
+    harness._drop_worker_env("task/1", {"image_size": 64})
+    assert c.closed and harness._worker_env("task/1", {"image_size": 64}) is not c  # a failed one is rebuilt
+    harness.close_worker_envs()
+    assert a.closed
