@@ -79,6 +79,11 @@ JOBS: dict[str, Job] = {
         "fm_agent.evaluation.jobs:run_local_eval",
         "quick in-process evaluation of a checkpoint or the random baseline (no server)",
     ),
+    "compare": Job(
+        "fm_agent.evaluation.config:CompareConfig",
+        "fm_agent.evaluation.compare:run_compare",
+        "evaluation summaries side by side: a table and a plot of success with 95 % CIs",
+    ),
     "door-errors": Job(
         "fm_agent.evaluation.config:DoorErrorsConfig",
         "fm_agent.evaluation.diagnostics:run_door_errors",

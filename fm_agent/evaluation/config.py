@@ -200,3 +200,25 @@ class DoorErrorsConfig:
             raise ConfigError(f"--env {self.env!r}: door errors are defined on BabyAI Open* levels")
         check_masks(self.masks)
         require_at_least(self, 1, "episodes")
+
+
+@dataclass(kw_only=True)
+class CompareConfig:
+    """Success with 95 % CIs across evaluation summaries (each a summary.json of eval-babyai / eval-libero):
+    one markdown row per (summary, mask), and a bar plot. E.g. the arms of a mask-training study."""
+
+    summaries: tuple[Path, ...]
+    """summary.json files (or their folders)"""
+    labels: tuple[str, ...] = ()
+    """a name per summary (default: its folder's name)"""
+    out: Path = Path("runs/compare.png")
+    """the plot (PNG); the table is printed and written beside it as .md"""
+
+    def validate(self) -> None:
+        if not self.summaries:
+            raise ConfigError("--summaries: give at least one summary.json")
+        for path in self.summaries:
+            if not (path if path.suffix == ".json" else path / "summary.json").exists():
+                raise ConfigError(f"--summaries: {path} is not a summary.json (or a folder holding one)")
+        if self.labels and len(self.labels) != len(self.summaries):
+            raise ConfigError(f"--labels: give one per summary ({len(self.summaries)}), got {len(self.labels)}")

@@ -223,3 +223,20 @@ def test_a_worker_keeps_its_two_latest_simulators(monkeypatch) -> None:
     assert c.closed and harness._worker_env("task/1", {"image_size": 64}) is not c  # a failed one is rebuilt
     harness.close_worker_envs()
     assert a.closed
+
+
+def test_compare_tables_and_plots_summaries(tmp_path) -> None:
+    from fm_agent.evaluation.compare import run_compare  # noqa: PLC0415
+    from fm_agent.evaluation.config import CompareConfig  # noqa: PLC0415
+    from fm_agent.jobs import ConfigError  # noqa: PLC0415
+
+    results = Path(__file__).resolve().parents[2] / "docs" / "results" / "babyai_mask_trained"
+    out = tmp_path / "cmp.png"
+    config = CompareConfig(
+        summaries=(results / "trained_mf.json", results / "trained_mv2t.json"), labels=("Mf", "Mv2t"), out=out
+    )
+    assert run_compare(config) == 0 and out.stat().st_size > 0
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert "| Mf | Mf | 131/200 (59-72 %) | 0 |" in table and len(table) == 6
+    with pytest.raises(ConfigError, match="one per summary"):
+        CompareConfig(summaries=(results / "trained_mf.json",), labels=("a", "b")).validate()
