@@ -88,6 +88,7 @@ def _plot(runs: list[dict], path: Path, benchmark: str) -> None:
     for backend in sorted({r["backend"] for r in runs}):
         points = sorted((r["workers"], r["episodes_per_hour"] or 0) for r in runs if r["backend"] == backend)
         ax.plot(*zip(*points), marker="o", label=backend)
+    ax.set_xticks(sorted({r["workers"] for r in runs}))
     ax.set_xlabel("simulator workers")
     ax.set_ylabel("episodes per hour")
     ax.set_title(f"{benchmark}: episode throughput")
