@@ -264,6 +264,12 @@ class RecordSettings:
     action_noise: float = 0.0
 
 
+def _planned_row(env_name: str, index: int, settings: RecordSettings) -> dict[str, Any]:
+    """The manifest fields an episode has before it runs: which env, index, seed and initial state."""
+    seed, init_state = episode_plan(env_name, index, settings.base_seed)
+    return {"env": env_name, "index": index, "seed": seed, "init_state": init_state}
+
+
 def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) -> list[tuple[dict, bytes | None]]:
     """Worker body: build the env once, record ``indices``; returns (manifest row, episode file bytes or
     None) per episode, for the driver to write."""
@@ -278,8 +284,8 @@ def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) ->
     try:
         expert = make_expert(env)
         for index in indices:
-            seed, init_state = episode_plan(env_name, index, settings.base_seed)
-            row = {"env": env_name, "index": index, "seed": seed, "init_state": init_state}
+            row = _planned_row(env_name, index, settings)
+            seed, init_state = row["seed"], row["init_state"]
             try:
                 episode = run_expert_episode(
                     env, expert, env_name, index, seed, init_state, action_noise=settings.action_noise
@@ -310,9 +316,7 @@ def _lost_chunk(job: tuple[str, list[int], RecordSettings], error: str) -> list[
     env_name, indices, settings = job
     rows: list[tuple[dict, bytes | None]] = []
     for index in indices:
-        seed, init_state = episode_plan(env_name, index, settings.base_seed)
-        row = {"env": env_name, "index": index, "seed": seed, "init_state": init_state}
-        rows.append(({**row, "success": False, "error": error, "path": None}, None))
+        rows.append(({**_planned_row(env_name, index, settings), "success": False, "error": error, "path": None}, None))
     return rows
 
 

@@ -206,10 +206,11 @@ class RayRunner:
 
 
 @contextmanager
-def job_runner(workers: int, ray: str | None) -> Iterator[JobRunner]:
-    """``workers`` processes here, or (``ray`` given: its address) as many Ray actors, for one run."""
+def job_runner(workers: int, ray: str | None, cpus_needed: int | None = None) -> Iterator[JobRunner]:
+    """``workers`` processes here, or (``ray`` given: its address) as many Ray actors, for one run;
+    ``cpus_needed``: what a local cluster must hold besides (default: the workers)."""
     if ray is None:
         yield ProcessRunner(workers)
         return
-    with ray_cluster(ray, workers):
+    with ray_cluster(ray, cpus_needed or workers):
         yield RayRunner(workers)

@@ -32,7 +32,7 @@ from envs.recording import write_file
 from fm_agent_client import FutureMaskSpec, PolicyClient
 from fm_agent_client.executor import ExecutorOptions
 
-from ..distributed.runners import JobRunner, ProcessRunner, RayRunner, ray_cluster
+from ..distributed.runners import job_runner
 from ..distributed.servers import RayServers
 from ..serving.local import LocalServer
 from .config import ServerEvalConfig
@@ -167,11 +167,7 @@ def run_jobs(
                     row = asdict(result)
                     break
                 except Exception as error:  # server or simulator failure: not the policy's fault
-                    row = asdict(
-                        EpisodeResult(
-                            job.env, job.episode, job.seed, False, 0, error=f"{type(error).__name__}: {error}"
-                        )
-                    )
+                    row = error_row(job, f"{type(error).__name__}: {error}")
                     envs.pop(job.env, None)  # a crashed simulator is rebuilt
                     if discard_env is not None:
                         discard_env(job.env)
@@ -180,7 +176,7 @@ def run_jobs(
                         client.close()
                         client = PolicyClient(address, retries=8, backoff_s=0.25)
                         actors.clear()
-            row.update(mask=job.mask, key=job.key, init_state=job.init_state)
+            row.update(mask=job.mask, key=job.key, init_state=job.init_state)  # error rows have them already
             rows.append(row)
             if videos_out is None:
                 _append(out / "episodes.jsonl", row)
@@ -371,10 +367,14 @@ def run_worker_job(task: tuple[EpisodeJob, str, WorkerSettings]) -> tuple[dict, 
 
 def lost_worker_job(task: tuple[EpisodeJob, str, WorkerSettings], reason: str) -> tuple[dict, dict[str, bytes]]:
     """The row of an episode whose worker (or its node) was lost: an error, retried on resume, never a failure."""
-    job = task[0]
-    row = asdict(EpisodeResult(job.env, job.episode, job.seed, False, 0, error=reason))
+    return error_row(task[0], reason), {}
+
+
+def error_row(job: EpisodeJob, error: str) -> dict:
+    """The row of an episode that a server, simulator or worker failure kept from finishing."""
+    row = asdict(EpisodeResult(job.env, job.episode, job.seed, False, 0, error=error))
     row.update(mask=job.mask, key=job.key, init_state=job.init_state)
-    return row, {}
+    return row
 
 
 def server_threads_beside(simulator_workers: int) -> int:
@@ -394,7 +394,7 @@ def policy_servers(args: ServerEvalConfig) -> Iterator[tuple[list[str], LocalSer
     if args.server:
         yield list(args.server), None
         return
-    threads = args.server_threads or server_threads_beside(args.workers)
+    threads = _server_threads(args)
     if args.ray is not None:
         servers = RayServers(Path(args.checkpoint), args.ray_servers, threads)
         try:
@@ -411,8 +411,11 @@ def policy_servers(args: ServerEvalConfig) -> Iterator[tuple[list[str], LocalSer
 
 def _cpus_needed(args: ServerEvalConfig) -> int:
     """Logical CPUs a local Ray cluster needs so this run's simulator and server actors all fit."""
-    servers = 0 if args.server else args.ray_servers * (args.server_threads or server_threads_beside(args.workers))
-    return args.workers + servers
+    return args.workers + (0 if args.server else args.ray_servers * _server_threads(args))
+
+
+def _server_threads(args: ServerEvalConfig) -> int:
+    return args.server_threads or server_threads_beside(args.workers)
 
 
 def evaluate(
@@ -447,14 +450,12 @@ def evaluate(
     with ExitStack() as stack:
         stack.callback(bar.close)
         stack.callback(close_worker_envs)  # the simulators a one-worker run kept in this process
-        if args.ray is not None:
-            stack.enter_context(ray_cluster(args.ray, _cpus_needed(args)))
+        runner = stack.enter_context(job_runner(args.workers, args.ray, _cpus_needed(args)))
         addresses, local = stack.enter_context(policy_servers(args))
         temperature = args.temperature if args.temperature is not None else _served_temperature(addresses[0])
         extra = {**extra, "temperature": temperature}
         began = time.perf_counter()
         if parallel:
-            runner: JobRunner = RayRunner(args.workers) if args.ray is not None else ProcessRunner(args.workers)
             settings = WorkerSettings(
                 env_kwargs,
                 out,
