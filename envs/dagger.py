@@ -46,8 +46,13 @@ def dagger_episode(
     max_steps: int,
     beta: float = 0.0,
     init_state: int | None = None,
+    blind_steps: bool = False,
 ) -> Episode:
-    """One learner rollout labelled by ``expert``; with probability ``beta`` a step executes the label."""
+    """One learner rollout labelled by ``expert``; with probability ``beta`` a step executes the label.
+
+    ``blind_steps`` (LIBERO) renders the cameras only for the steps where the learner is asked for its
+    next chunk: those are the only images it reads, and the metadata's ``render_every`` (the chunk
+    length) tells training to sample only them."""
     options = {"init_state": init_state} if init_state is not None else None
     obs, info = env.reset(seed=seed, options=options)
     expert.reset()
@@ -55,20 +60,27 @@ def dagger_episode(
     coin = random.Random(seed)
     chunk: deque = deque()
     taken = None
+    chunk_lengths: set[int] = set()
 
     def decide(observation) -> tuple[Any, Any]:
         nonlocal taken
         label = expert.act(observation, taken)
         if not chunk:  # the learner is asked once per chunk, as a deployed controller asks it
             chunk.extend(np.asarray(actor.act(observation)[0]))
+            chunk_lengths.add(len(chunk))
         learner = chunk.popleft()
         learner = int(learner) if np.ndim(learner) == 0 else np.asarray(learner, dtype=np.float32)
         taken = label if coin.random() < beta else learner
         return label, taken
 
-    observations, labels, rewards, success, info = labelled_rollout(env, obs, info, decide, max_steps)
+    render = (lambda _step: not chunk) if blind_steps else None  # empty: the next step asks the learner
+    observations, labels, rewards, success, info = labelled_rollout(env, obs, info, decide, max_steps, render)
     actor.end_episode()
     metadata = {**episode_metadata(info), "learner_success": success, "beta": beta}
+    if blind_steps:
+        if len(chunk_lengths) > 1:
+            raise ValueError(f"blind steps need chunks of one length; the learner returned {sorted(chunk_lengths)}")
+        metadata["render_every"] = chunk_lengths.pop() if chunk_lengths else 1
     return Episode(
         env=env_name,
         index=index,
@@ -95,6 +107,7 @@ def _collect_shard(
     expert_options: dict | None,
     init_states: list[int] | None,
     env_options: dict | None,
+    blind_steps: bool = False,
 ) -> list[Outcome]:
     """Worker body: one env and one learner for ``indices``; returns per episode its learner success and
     its file's path and bytes (None when the expert labelled nothing), for the driver to write."""
@@ -106,7 +119,9 @@ def _collect_shard(
         for index in indices:
             init_state = init_states[index % len(init_states)] if init_states else None
             limit: int = max_steps if max_steps else getattr(env, "max_steps", 1000)
-            episode = dagger_episode(env, expert, actor, env_name, index, base_seed + index, limit, beta, init_state)
+            episode = dagger_episode(
+                env, expert, actor, env_name, index, base_seed + index, limit, beta, init_state, blind_steps
+            )
             kept = bool(len(episode.actions))  # the bot may give up before labelling anything
             data = episode_bytes(episode) if kept else None
             outcomes.append(Outcome(episode.success, episode_path(out, env_name, index), data))
@@ -138,6 +153,7 @@ def collect(
     runner: Runner | None = None,
     env_options: dict | None = None,
     chunk: int = 5,
+    blind_steps: bool = False,
 ) -> dict[str, float]:
     """Runs and writes ``episodes`` DAgger episodes; existing files are skipped (resumable).
 
@@ -145,7 +161,8 @@ def collect(
     ``init_states`` (LIBERO) are the official initial states episodes start from, episode i from
     ``init_states[i % len]``: keep the evaluation states out. ``runner`` runs jobs of ``chunk`` episodes
     (worker processes or Ray actors; ``make_actor`` must then be picklable, e.g. a ``functools.partial``
-    of a module-level function; default: one after another here). This process writes every file."""
+    of a module-level function; default: one after another here). This process writes every file.
+    ``blind_steps``: render only the steps where the learner reads images (see :func:`dagger_episode`)."""
     todo = [i for i in range(episodes) if not episode_path(out, env_name, i).exists()]
     if progress is not None:
         progress.update(episodes - len(todo))
@@ -161,6 +178,7 @@ def collect(
             expert_options,
             init_states,
             env_options,
+            blind_steps,
         )
         for i in range(0, len(todo), chunk)
     ]

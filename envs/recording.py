@@ -155,13 +155,19 @@ def run_expert_episode(
     init_state: int | None,
     max_steps: int | None = None,
     action_noise: float = 0.0,
+    render_every: int = 1,
 ) -> Episode:
     """Roll the expert out once and keep everything the policy will be trained on.
 
     ``action_noise`` > 0 (continuous actions only) executes the expert's action plus Gaussian noise of
     that standard deviation on the translation dimensions while keeping the clean action as the label
     (DART, Laskey et al. 2017): the data then shows how the expert steers back from the small
-    deviations a cloned policy makes, which clean demonstrations never visit."""
+    deviations a cloned policy makes, which clean demonstrations never visit.
+
+    ``render_every`` > 1 (LIBERO) renders the cameras only at steps 0, N, 2N, ...: a deployed policy
+    with a chunk of N reads images only there, and a rendered step costs about 16 times a blind one on
+    a CPU machine. The other steps keep the last image; the episode's metadata says so, and training
+    samples only the rendered steps (:func:`fm_agent.data.episodes.all_samples`)."""
     options = {"init_state": init_state} if init_state is not None else None
     obs, info = env.reset(seed=seed, options=options)
     expert.reset()
@@ -175,10 +181,13 @@ def run_expert_episode(
         executed[:TRANSLATION_DIMS] += noise.normal(0.0, action_noise, TRANSLATION_DIMS)
         return action, np.clip(executed, -1.0, 1.0)
 
+    render = (lambda step: (step + 1) % render_every == 0) if render_every > 1 else None
     observations, actions, rewards, success, info = labelled_rollout(
-        env, obs, info, decide, max_steps if max_steps else getattr(env, "max_steps", 1000)
+        env, obs, info, decide, max_steps if max_steps else getattr(env, "max_steps", 1000), render
     )
     metadata = {**episode_metadata(info), **({"action_noise": action_noise} if action_noise else {})}
+    if render_every > 1:
+        metadata["render_every"] = render_every
     return Episode(
         env=env_name,
         index=index,
@@ -202,7 +211,14 @@ def episode_metadata(info: dict) -> dict:
     return {k: v for k, v in info.items() if k in METADATA_KEYS}
 
 
-def labelled_rollout(env, obs, info: dict, decide: Callable[[Any], tuple[Any, Any]], limit: int):
+def labelled_rollout(
+    env,
+    obs,
+    info: dict,
+    decide: Callable[[Any], tuple[Any, Any]],
+    limit: int,
+    render: Callable[[int], bool] | None = None,
+):
     """Steps ``env`` from ``obs`` (and its reset ``info``) for at most ``limit`` steps; ``decide(obs)``
     returns (label, executed action). Keeps every observed frame with its label: the expert's own path when the two are the
     same action, a learner's path labelled by the expert in DAgger.
@@ -210,10 +226,15 @@ def labelled_rollout(env, obs, info: dict, decide: Callable[[Any], tuple[Any, An
     If the expert gives up (:class:`ExpertGaveUp`, e.g. in a state a learner led it to), the rollout
     ends there with the steps labelled so far and ``info["expert_gave_up"]`` set.
 
+    ``render(step)`` (an env with blind steps, LIBERO) says whether the observation after ``step`` needs
+    fresh images; a blind step keeps the previous ones. None renders every step.
+
     Returns (frames per key stacked, labels, rewards, success, the reset info updated by every step's)."""
+    if render is not None and not getattr(env, "supports_blind_steps", False):
+        raise ValueError(f"{type(env).__name__} cannot skip rendering; record it with every step rendered")
     frames: dict[str, list] = {k: [] for k in obs if k not in TEXT_KEYS}
     labels, rewards, success, info = [], [], False, dict(info)
-    for _ in range(limit):
+    for step in range(limit):
         try:
             label, executed = decide(obs)
         except ExpertGaveUp as error:
@@ -221,7 +242,10 @@ def labelled_rollout(env, obs, info: dict, decide: Callable[[Any], tuple[Any, An
             break
         for key in frames:
             frames[key].append(np.asarray(obs[key]))
-        obs, reward, terminated, truncated, step_info = env.step(executed)
+        if render is None:
+            obs, reward, terminated, truncated, step_info = env.step(executed)
+        else:
+            obs, reward, terminated, truncated, step_info = env.step(executed, render=render(step))
         info.update(step_info)
         labels.append(label)
         rewards.append(reward)
@@ -262,6 +286,7 @@ class RecordSettings:
     render: str | None = None
     base_seed: int = 0
     action_noise: float = 0.0
+    render_every: int = 1
 
 
 def _planned_row(env_name: str, index: int, settings: RecordSettings) -> dict[str, Any]:
@@ -288,7 +313,14 @@ def record_chunk(env_name: str, indices: list[int], settings: RecordSettings) ->
             seed, init_state = row["seed"], row["init_state"]
             try:
                 episode = run_expert_episode(
-                    env, expert, env_name, index, seed, init_state, action_noise=settings.action_noise
+                    env,
+                    expert,
+                    env_name,
+                    index,
+                    seed,
+                    init_state,
+                    action_noise=settings.action_noise,
+                    render_every=settings.render_every,
                 )
             except Exception as error:  # a crashed simulator loses one episode, not the run
                 rows.append({**row, "success": False, "error": f"{type(error).__name__}: {error}", "path": None})

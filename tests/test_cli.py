@@ -69,6 +69,13 @@ def test_a_launch_shim_speaks_the_same_flags(tmp_path) -> None:
         (["record", "--suite", "libero_spatial", "--envs", "babyai:BabyAI-GoToLocal-v0", "--out", "x"], "exactly one"),
         (["record", "--envs", "babyai:BabyAI-GoToLocal-v0", "--init-states", "0-9", "--out", "x"], "LIBERO"),
         (["record", "--suite", "libero_spatial", "--init-states", "40-60", "--out", "x"], "--init-states"),
+        (["record", "--envs", "babyai:BabyAI-GoToLocal-v0", "--render-every", "4", "--out", "x"], "--render-every"),
+        (["record", "--suite", "libero_spatial", "--render", "none", "--render-every", "4", "--out", "x"], "render"),
+        (
+            ["dagger", "--checkpoint", "checkpoints/babyai_gotoseq", "--env", "babyai:BabyAI-GoToSeqS5R2-v0"]
+            + ["--blind-steps", "--out", "x"],
+            "--blind-steps",
+        ),
         (["train", "--preset", "libero", "--data", "no/such/folder", "--out", "x"], "no such folder"),
         (["train", "--preset", "libero", "--data", ".", "--out", "x", "--train-mask", "Mq"], "--train-mask"),
         (["serve", "--mask", "Mf+merge(k=0)"], "positive integer"),

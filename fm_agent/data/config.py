@@ -58,6 +58,9 @@ class RecordConfig:
     (DART: the data shows recoveries from small deviations)"""
     seed: int = 0
     """base seed; episode i uses seed + i"""
+    render_every: int = 1
+    """LIBERO: render the cameras only at steps 0, N, 2N, ... (N = the policy's chunk, which reads images
+    only there; a rendered step costs about 16 blind ones on a CPU); training then samples those steps"""
 
     def validate(self) -> None:
         if (self.envs is None) == (self.suite is None):
@@ -69,8 +72,10 @@ class RecordConfig:
             raise ConfigError("--action-noise must be >= 0 and applies to LIBERO (continuous actions) only")
         if self.init_states and not libero_only:
             raise ConfigError("--init-states applies to LIBERO environments only")
+        if self.render_every > 1 and (not libero_only or self.render == "none"):
+            raise ConfigError("--render-every applies to LIBERO environments that render (not with --render none)")
         self.state_indices()
-        require_at_least(self, 1, "episodes", "workers", "chunk")
+        require_at_least(self, 1, "episodes", "workers", "chunk", "render_every")
 
     def state_indices(self) -> list[int] | None:
         return _ranges(self.init_states, "--init-states")
@@ -111,6 +116,9 @@ class DaggerConfig:
     doors; harmless to leave open on non-strict levels such as OpenDoorsOrder)"""
     threads: int = 1
     """torch threads per worker"""
+    blind_steps: bool = False
+    """LIBERO: render the cameras only where the learner reads them (once per chunk); training then samples
+    those steps only"""
 
     def validate(self) -> None:
         if not (self.checkpoint / "fm_agent_policy.json").exists():

@@ -51,8 +51,25 @@ class Sample:
     step: int
 
 
-def all_samples(episodes: Sequence[EpisodeArrays]) -> list[Sample]:
-    return [Sample(i, t) for i, e in enumerate(episodes) for t in range(len(e.actions))]
+def rendered_every(episode: EpisodeArrays) -> int:
+    """1, or N for an episode recorded with fresh images only at steps 0, N, 2N, ... (``render_every``)."""
+    return int(episode.metadata.get("render_every", 1))
+
+
+def all_samples(episodes: Sequence[EpisodeArrays], history_stride: int = 1) -> list[Sample]:
+    """Every step as a sample, except in episodes rendered every N steps: only their rendered steps,
+    whose history (``history_stride`` apart) then lies on rendered steps too; the others hold stale
+    images."""
+    samples = []
+    for i, e in enumerate(episodes):
+        every = rendered_every(e)
+        if every > 1 and history_stride % every:
+            raise ValueError(
+                f"an episode rendered every {every} steps needs a history stride that is a multiple of it, "
+                f"got {history_stride}"
+            )
+        samples += [Sample(i, t) for t in range(0, len(e.actions), every)]
+    return samples
 
 
 def history_frames(episode: EpisodeArrays, step: int, history: int, stride: int = 1) -> list[dict[str, np.ndarray]]:

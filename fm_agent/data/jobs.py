@@ -41,6 +41,7 @@ def run_record(config: RecordConfig, command: str = "") -> int:
         render=config.render,
         base_seed=config.seed,
         action_noise=config.action_noise,
+        render_every=config.render_every,
     )
     with job_runner(config.workers, config.ray) as runner:
         summary = record(
@@ -75,6 +76,8 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
         raise ConfigError("the checkpoint records no BabyAI environment; pass --env")
     check_envs([env])
     libero = env.startswith("libero:")
+    if config.blind_steps and not libero:
+        raise ConfigError("--blind-steps is for LIBERO environments (BabyAI renders at no cost)")
     init_states = config.state_indices()
     if init_states and not libero:
         raise ConfigError("--init-states is for LIBERO environments")
@@ -97,6 +100,7 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
             init_states,
             runner,
             env_options,
+            blind_steps=config.blind_steps,
         )
     print(json.dumps({"env": env, **stats}))
     return 0

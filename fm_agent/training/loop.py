@@ -195,8 +195,9 @@ def train(
         log, step = TrainLog(**state["log"]), state["step"]
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
-    samples = all_samples(train_eps)
-    val_samples = all_samples(val_eps)
+    stride = policy.config.history_stride
+    samples = all_samples(train_eps, stride)
+    val_samples = all_samples(val_eps, stride)
     val_samples = random.Random(settings.seed).sample(val_samples, min(len(val_samples), 512))
     policy.model.train()
     bar = progress(total=settings.steps, initial=step) if progress else None

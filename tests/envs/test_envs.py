@@ -212,6 +212,48 @@ def test_libero_dagger_writes_learner_episodes_labelled_by_the_expert(tmp_path) 
     assert episode.init_state == 3 and episode.actions.shape == (12, 7) and episode.expert == "dagger:LiberoExpert"
     assert episode.observations["agentview"].shape == (12, 16, 16, 3) and episode.metadata["beta"] == 0.0
     assert np.all(np.abs(episode.actions) <= 1) and np.all(episode.actions[:, 6] == -1.0), "approach: gripper open"
+    assert "render_every" not in episode.metadata
+
+    # blind steps: only the learner's query steps render; it reads the same images, so it acts the same
+    blind_out = tmp_path / "blind"
+    collect(
+        name, make_actor, blind_out, 1, 900, 0.0, 12, init_states=[3], env_options={"image_size": 16}, blind_steps=True
+    )
+    blind = read_episode(next(blind_out.rglob("episode_*.h5")))
+    assert blind.metadata["render_every"] == 4
+    np.testing.assert_array_equal(blind.actions, episode.actions)
+    for camera in ("agentview", "wrist"):
+        np.testing.assert_array_equal(blind.observations[camera][::4], episode.observations[camera][::4])
+        assert np.array_equal(blind.observations[camera][1], blind.observations[camera][0]), (
+            "a blind step keeps the image"
+        )
+
+
+def test_libero_recording_rendered_every_n_steps_keeps_the_rendered_frames() -> None:
+    """``render_every`` changes no action and no image at the steps a chunked policy reads."""
+    from envs.recording import run_expert_episode
+
+    env = make_env("libero:libero_spatial/0", image_size=16)
+    try:
+        expert = make_expert(env)
+        full = run_expert_episode(env, expert, "libero:libero_spatial/0", 0, 5, 5, max_steps=12)
+        sparse = run_expert_episode(env, expert, "libero:libero_spatial/0", 0, 5, 5, max_steps=12, render_every=4)
+    finally:
+        env.close()
+    assert sparse.metadata["render_every"] == 4 and "render_every" not in full.metadata
+    np.testing.assert_array_equal(sparse.actions, full.actions)
+    for camera in ("agentview", "wrist"):
+        np.testing.assert_array_equal(sparse.observations[camera][::4], full.observations[camera][::4])
+        assert not np.array_equal(full.observations[camera][0], full.observations[camera][8]), "the arm moved"
+        np.testing.assert_array_equal(sparse.observations[camera][3], sparse.observations[camera][0])
+
+
+def test_render_every_needs_an_env_that_can_skip_rendering() -> None:
+    from envs.recording import run_expert_episode
+
+    env = make_env("babyai:BabyAI-GoToLocal-v0", image_size=28)
+    with pytest.raises(ValueError, match="cannot skip rendering"):
+        run_expert_episode(env, make_expert(env), "babyai:BabyAI-GoToLocal-v0", 0, 0, None, render_every=4)
 
 
 def test_libero_rendered_rollout_images_are_real() -> None:

@@ -390,3 +390,21 @@ def test_default_checkpoint_loads_and_acts(name: str) -> None:
         else:
             assert 0 <= int(result.actions[0]) < 7
     assert (folder / "MODEL_CARD.md").exists()
+
+
+def test_episodes_rendered_every_n_steps_give_only_their_rendered_steps_as_samples() -> None:
+    """A recording rendered every 4 steps holds stale images between; no sample may start there, and
+    a history stride off the rendering grid would read stale frames, so it is refused."""
+    from fm_agent.data.episodes import all_samples, history_frames
+
+    sparse = EpisodeArrays(
+        "pick", {"image": np.zeros((10, 2, 2, 3), np.uint8)}, None, np.zeros(10, np.int64), {"render_every": 4}
+    )
+    dense = EpisodeArrays("pick", {"image": np.zeros((3, 2, 2, 3), np.uint8)}, None, np.zeros(3, np.int64), {})
+    samples = all_samples([sparse, dense], history_stride=4)
+    assert [(s.episode, s.step) for s in samples] == [(0, 0), (0, 4), (0, 8), (1, 0), (1, 1), (1, 2)]
+    for sample in samples[:3]:
+        frames = history_frames(sparse, sample.step, 2, stride=4)
+        assert len(frames) == 2  # steps (t - 4, t), clamped at 0: all on the rendering grid
+    with pytest.raises(ValueError, match="multiple of it"):
+        all_samples([sparse], history_stride=2)
