@@ -70,6 +70,34 @@ def test_a_launch_shim_speaks_the_same_flags(tmp_path) -> None:
         (["record", "--envs", "babyai:BabyAI-GoToLocal-v0", "--init-states", "0-9", "--out", "x"], "LIBERO"),
         (["record", "--suite", "libero_spatial", "--init-states", "40-60", "--out", "x"], "--init-states"),
         (["record", "--envs", "babyai:BabyAI-GoToLocal-v0", "--render-every", "4", "--out", "x"], "--render-every"),
+        (
+            [
+                "dagger",
+                "--checkpoint",
+                "checkpoints/libero_spatial",
+                "--suite",
+                "libero_spatial",
+                "--env",
+                "a:b",
+                "--out",
+                "x",
+            ],
+            "not both",
+        ),
+        (
+            [
+                "dagger",
+                "--checkpoint",
+                "checkpoints/libero_spatial",
+                "--suite",
+                "libero_spatial",
+                "--tasks",
+                "11",
+                "--out",
+                "x",
+            ],
+            "out of range",
+        ),
         (["record", "--suite", "libero_spatial", "--render", "none", "--render-every", "4", "--out", "x"], "render"),
         (
             ["dagger", "--checkpoint", "checkpoints/babyai_gotoseq", "--env", "babyai:BabyAI-GoToSeqS5R2-v0"]

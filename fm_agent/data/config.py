@@ -93,7 +93,12 @@ class DaggerConfig:
     env: str | None = None
     """environment, e.g. babyai:BabyAI-OpenDoorsOrderN4-v0 or libero:libero_spatial/7 (default: the BabyAI
     level the checkpoint was trained on)"""
+    suite: str | None = None
+    """instead of --env: every task of a LIBERO suite (e.g. libero_spatial), one after another"""
+    tasks: tuple[int, ...] | None = None
+    """with --suite: only these task indices"""
     episodes: int = 1000
+    """episodes per environment"""
     out: Path
     seed: int = 200000
     """episode i uses seed + i (keep clear of evaluation seeds)"""
@@ -125,6 +130,10 @@ class DaggerConfig:
             raise ConfigError(f"--checkpoint {self.checkpoint} is not an fm-agent policy (no fm_agent_policy.json)")
         if not 0 <= self.beta <= 1:
             raise ConfigError(f"--beta must be within [0, 1], got {self.beta}")
+        if self.suite is not None and self.env is not None:
+            raise ConfigError("give --env or --suite, not both")
+        if self.tasks is not None and self.suite is None:
+            raise ConfigError("--tasks goes with --suite")
         self.state_indices()  # whether the environment is LIBERO is checked by the runner, once --env is resolved
         require_at_least(self, 1, "episodes", "workers", "threads")
 

@@ -21,15 +21,20 @@ from ..model import VLAConfig
 from .config import DaggerConfig, RecordConfig
 
 
+def suite_envs(suite: str, tasks: tuple[int, ...] | None) -> list[str]:
+    """``libero:SUITE/T`` for ``tasks`` (default: every task of the suite), checked against the suite."""
+    try:
+        known = check_tasks(suite, list(tasks) if tasks is not None else None)
+    except LiberoError as error:
+        raise ConfigError(str(error)) from None
+    return [f"libero:{suite}/{t}" for t in (tasks if tasks is not None else sorted(known))]
+
+
 def run_record(config: RecordConfig, command: str = "") -> int:
     config.validate()
     os.environ.setdefault("MUJOCO_GL", "egl")
     if config.suite is not None:
-        try:
-            tasks = check_tasks(config.suite, list(config.tasks) if config.tasks is not None else None)
-        except LiberoError as error:
-            raise ConfigError(str(error)) from None
-        names = [f"libero:{config.suite}/{t}" for t in (config.tasks if config.tasks is not None else sorted(tasks))]
+        names = suite_envs(config.suite, config.tasks)
     else:
         names = list(config.envs or ())
         check_envs(names, "--envs")
@@ -71,11 +76,15 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
     config.validate()
     os.environ.setdefault("MUJOCO_GL", "egl")
     policy_config = VLAConfig.load(config.checkpoint)
-    env = config.env or next((e for e in policy_config.training.get("envs", []) if e.startswith("babyai:")), None)
-    if env is None:
-        raise ConfigError("the checkpoint records no BabyAI environment; pass --env")
-    check_envs([env])
-    libero = env.startswith("libero:")
+    if config.suite is not None:
+        envs = suite_envs(config.suite, config.tasks)
+    else:
+        env = config.env or next((e for e in policy_config.training.get("envs", []) if e.startswith("babyai:")), None)
+        if env is None:
+            raise ConfigError("the checkpoint records no BabyAI environment; pass --env (or --suite)")
+        check_envs([env])
+        envs = [env]
+    libero = envs[0].startswith("libero:")
     if config.blind_steps and not libero:
         raise ConfigError("--blind-steps is for LIBERO environments (BabyAI renders at no cost)")
     init_states = config.state_indices()
@@ -86,21 +95,23 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
     # an absolute path: a Ray worker may start in another folder (or on another node with the same tree)
     make_actor = functools.partial(load_actor, config.checkpoint.resolve(), config.temperature, None, config.threads)
     expert_options = {"keep_opened_doors": True} if config.keep_opened_doors else None
-    with tqdm(total=config.episodes, desc="dagger", unit="ep") as bar, job_runner(config.workers, config.ray) as runner:
-        stats = collect(
-            env,
-            make_actor,
-            config.out,
-            config.episodes,
-            config.seed,
-            config.beta,
-            max_steps,
-            bar,
-            expert_options,
-            init_states,
-            runner,
-            env_options,
-            blind_steps=config.blind_steps,
-        )
-    print(json.dumps({"env": env, **stats}))
+    total = config.episodes * len(envs)
+    with tqdm(total=total, desc="dagger", unit="ep") as bar, job_runner(config.workers, config.ray) as runner:
+        for env in envs:  # one after another, each fanned out over the same workers
+            stats = collect(
+                env,
+                make_actor,
+                config.out,
+                config.episodes,
+                config.seed,
+                config.beta,
+                max_steps,
+                bar,
+                expert_options,
+                init_states,
+                runner,
+                env_options,
+                blind_steps=config.blind_steps,
+            )
+            print(json.dumps({"env": env, **stats}))
     return 0

@@ -498,3 +498,23 @@ def test_the_catalogue_check_reports_the_instruction_the_env_gives(libero_state_
     assert check_tasks(suite, [task])[task] == info["instruction"]
     with pytest.raises(LiberoError, match="resources are not installed"):
         check_tasks("libero_spatial_temp", [0])
+
+
+def test_dagger_over_a_libero_suite_writes_each_task_with_blind_steps(tmp_path) -> None:
+    """``fm-agent dagger --suite``: every chosen task in turn, in the demonstration layout, resumable."""
+    from paths import REPO
+
+    from fm_agent.cli import main as cli
+
+    argv = ["dagger", "--checkpoint", str(REPO / "checkpoints/libero_spatial"), "--suite", "libero_spatial"]
+    argv += ["--tasks", "0", "3", "--episodes", "1", "--max-steps", "8", "--init-states", "0", "--image-size", "64"]
+    argv += ["--blind-steps", "--out", str(tmp_path)]
+    assert cli(argv) == 0
+    files = sorted(tmp_path.rglob("episode_*.h5"))
+    assert len(files) == 2
+    episodes = [read_episode(f) for f in files]
+    assert sorted(e.env for e in episodes) == ["libero:libero_spatial/0", "libero:libero_spatial/3"]
+    assert all(e.metadata["render_every"] == 4 and e.num_steps == 8 and e.init_state == 0 for e in episodes)
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert cli(argv) == 0, "a rerun resumes"
+    assert [f.stat().st_mtime_ns for f in files] == stamps, "nothing is collected twice"
