@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +34,7 @@ class Outcome(NamedTuple):
     path: Path | None
     data: bytes | None  # the episode file's bytes; None: nothing labelled (or the worker was lost)
     error: str | None = None
+    env: str = ""
 
 
 def dagger_episode(
@@ -124,7 +125,7 @@ def _collect_shard(
             )
             kept = bool(len(episode.actions))  # the bot may give up before labelling anything
             data = episode_bytes(episode) if kept else None
-            outcomes.append(Outcome(episode.success, episode_path(out, env_name, index), data))
+            outcomes.append(Outcome(episode.success, episode_path(out, env_name, index), data, env=env_name))
     finally:
         env.close()
     return outcomes
@@ -136,11 +137,11 @@ def _shard_star(job: tuple) -> list[Outcome]:
 
 def _lost_shard(job: tuple, error: str) -> list[Outcome]:
     """A shard whose worker was lost writes nothing: its episodes have no file, so a resume runs them."""
-    return [Outcome(False, None, None, error) for _ in job[3]]
+    return [Outcome(False, None, None, error, env=job[0]) for _ in job[3]]
 
 
 def collect(
-    env_name: str,
+    env_name: str | Sequence[str],
     make_actor: ActorFactory,
     out: Path,
     episodes: int,
@@ -154,7 +155,7 @@ def collect(
     env_options: dict | None = None,
     chunk: int = 5,
     blind_steps: bool = False,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Runs and writes ``episodes`` DAgger episodes; existing files are skipped (resumable).
 
     ``expert_options`` configure the labeller (e.g. ``keep_opened_doors`` for BabyAI's bot);
@@ -162,26 +163,32 @@ def collect(
     ``init_states[i % len]``: keep the evaluation states out. ``runner`` runs jobs of ``chunk`` episodes
     (worker processes or Ray actors; ``make_actor`` must then be picklable, e.g. a ``functools.partial``
     of a module-level function; default: one after another here). This process writes every file.
-    ``blind_steps``: render only the steps where the learner reads images (see :func:`dagger_episode`)."""
-    todo = [i for i in range(episodes) if not episode_path(out, env_name, i).exists()]
-    if progress is not None:
-        progress.update(episodes - len(todo))
-    jobs = [
-        (
-            env_name,
-            make_actor,
-            out,
-            todo[i : i + chunk],
-            base_seed,
-            beta,
-            max_steps,
-            expert_options,
-            init_states,
-            env_options,
-            blind_steps,
-        )
-        for i in range(0, len(todo), chunk)
-    ]
+    ``blind_steps``: render only the steps where the learner reads images (see :func:`dagger_episode`).
+    Several ``env_name`` (e.g. a LIBERO suite's tasks) go to the runner together, so the workers stay
+    busy across tasks; the stats then count each environment too (``environments``)."""
+    names = [env_name] if isinstance(env_name, str) else list(env_name)
+    jobs = []
+    for name in names:
+        todo = [i for i in range(episodes) if not episode_path(out, name, i).exists()]
+        if progress is not None:
+            progress.update(episodes - len(todo))
+        jobs += [
+            (
+                name,
+                make_actor,
+                out,
+                todo[i : i + chunk],
+                base_seed,
+                beta,
+                max_steps,
+                expert_options,
+                init_states,
+                env_options,
+                blind_steps,
+            )
+            for i in range(0, len(todo), chunk)
+        ]
+    per_env = {name: {"episodes": 0, "learner_successes": 0} for name in names}
     wins = done = skipped = lost = 0
     recent: deque = deque(maxlen=200)
     shards = map(_shard_star, jobs) if runner is None else runner.map_unordered(_shard_star, jobs, _lost_shard)
@@ -193,10 +200,16 @@ def collect(
             if outcome.data is not None and outcome.path is not None:
                 write_file(outcome.path, outcome.data)
             wins, done, skipped = wins + outcome.learner_success, done + 1, skipped + (outcome.data is None)
+            per_env[outcome.env]["episodes"] += 1
+            per_env[outcome.env]["learner_successes"] += outcome.learner_success
             recent.append(outcome.learner_success)
         if progress is not None:
             progress.update(len(outcomes))
             if recent:
                 progress.set_postfix(learner_success=f"{np.mean(recent):.2f}")
-    stats: dict[str, float] = {"episodes": done, "learner_successes": wins, "unlabelled_skipped": skipped}
-    return {**stats, "lost_to_workers": lost} if lost else stats
+    stats: dict[str, Any] = {"episodes": done, "learner_successes": wins, "unlabelled_skipped": skipped}
+    if lost:
+        stats["lost_to_workers"] = lost
+    if len(names) > 1:
+        stats["environments"] = per_env
+    return stats

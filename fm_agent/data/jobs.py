@@ -97,21 +97,20 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
     expert_options = {"keep_opened_doors": True} if config.keep_opened_doors else None
     total = config.episodes * len(envs)
     with tqdm(total=total, desc="dagger", unit="ep") as bar, job_runner(config.workers, config.ray) as runner:
-        for env in envs:  # one after another, each fanned out over the same workers
-            stats = collect(
-                env,
-                make_actor,
-                config.out,
-                config.episodes,
-                config.seed,
-                config.beta,
-                max_steps,
-                bar,
-                expert_options,
-                init_states,
-                runner,
-                env_options,
-                blind_steps=config.blind_steps,
-            )
-            print(json.dumps({"env": env, **stats}))
+        stats = collect(
+            envs if len(envs) > 1 else envs[0],
+            make_actor,
+            config.out,
+            config.episodes,
+            config.seed,
+            config.beta,
+            max_steps,
+            bar,
+            expert_options,
+            init_states,
+            runner,
+            env_options,
+            blind_steps=config.blind_steps,
+        )
+    print(json.dumps({"env": envs[0] if len(envs) == 1 else config.suite, **stats}))
     return 0

@@ -500,8 +500,8 @@ def test_the_catalogue_check_reports_the_instruction_the_env_gives(libero_state_
         check_tasks("libero_spatial_temp", [0])
 
 
-def test_dagger_over_a_libero_suite_writes_each_task_with_blind_steps(tmp_path) -> None:
-    """``fm-agent dagger --suite``: every chosen task in turn, in the demonstration layout, resumable."""
+def test_dagger_over_a_libero_suite_writes_each_task_with_blind_steps(tmp_path, capsys) -> None:
+    """``fm-agent dagger --suite``: every chosen task, in the demonstration layout, resumable."""
     from paths import REPO
 
     from fm_agent.cli import main as cli
@@ -510,6 +510,12 @@ def test_dagger_over_a_libero_suite_writes_each_task_with_blind_steps(tmp_path) 
     argv += ["--tasks", "0", "3", "--episodes", "1", "--max-steps", "8", "--init-states", "0", "--image-size", "64"]
     argv += ["--blind-steps", "--out", str(tmp_path)]
     assert cli(argv) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stats["env"] == "libero_spatial" and stats["episodes"] == 2
+    assert {env: row["episodes"] for env, row in stats["environments"].items()} == {
+        "libero:libero_spatial/0": 1,
+        "libero:libero_spatial/3": 1,
+    }
     files = sorted(tmp_path.rglob("episode_*.h5"))
     assert len(files) == 2
     episodes = [read_episode(f) for f in files]
