@@ -61,14 +61,18 @@ def dagger_episode(
     coin = random.Random(seed)
     chunk: deque = deque()
     taken = None
-    chunk_lengths: set[int] = set()
+    chunk_length: int | None = None  # every chunk's, under blind steps: the episode's render_every
 
     def decide(observation) -> tuple[Any, Any]:
-        nonlocal taken
+        nonlocal taken, chunk_length
         label = expert.act(observation, taken)
         if not chunk:  # the learner is asked once per chunk, as a deployed controller asks it
             chunk.extend(np.asarray(actor.act(observation)[0]))
-            chunk_lengths.add(len(chunk))
+            if blind_steps and chunk_length not in (None, len(chunk)):
+                raise ValueError(
+                    f"blind steps need chunks of one length; the learner returned {chunk_length} and {len(chunk)}"
+                )
+            chunk_length = len(chunk)
         learner = chunk.popleft()
         learner = int(learner) if np.ndim(learner) == 0 else np.asarray(learner, dtype=np.float32)
         taken = label if coin.random() < beta else learner
@@ -79,9 +83,7 @@ def dagger_episode(
     actor.end_episode()
     metadata = {**episode_metadata(info), "learner_success": success, "beta": beta}
     if blind_steps:
-        if len(chunk_lengths) > 1:
-            raise ValueError(f"blind steps need chunks of one length; the learner returned {sorted(chunk_lengths)}")
-        metadata["render_every"] = chunk_lengths.pop() if chunk_lengths else 1
+        metadata["render_every"] = chunk_length or 1
     return Episode(
         env=env_name,
         index=index,

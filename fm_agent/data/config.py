@@ -94,7 +94,7 @@ class DaggerConfig:
     """environment, e.g. babyai:BabyAI-OpenDoorsOrderN4-v0 or libero:libero_spatial/7 (default: the BabyAI
     level the checkpoint was trained on)"""
     suite: str | None = None
-    """instead of --env: every task of a LIBERO suite (e.g. libero_spatial), one after another"""
+    """instead of --env: every task of a LIBERO suite (e.g. libero_spatial), all shared by the workers"""
     tasks: tuple[int, ...] | None = None
     """with --suite: only these task indices"""
     episodes: int = 1000

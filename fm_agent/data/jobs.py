@@ -98,7 +98,7 @@ def run_dagger(config: DaggerConfig, command: str = "") -> int:
     total = config.episodes * len(envs)
     with tqdm(total=total, desc="dagger", unit="ep") as bar, job_runner(config.workers, config.ray) as runner:
         stats = collect(
-            envs if len(envs) > 1 else envs[0],
+            envs,
             make_actor,
             config.out,
             config.episodes,

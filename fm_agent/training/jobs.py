@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data.episodes import load_episodes
+from ..data.episodes import all_samples, load_episodes
 from ..jobs import ConfigError
 from ..model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
 from ..model.action_tokenizer import quantile_range
@@ -95,9 +95,13 @@ def run_train(config: TrainConfig, command: str = "") -> int:
     prompt = policy.prompt_ids(
         first.instruction, first.proprio[0] if first.proprio is not None and policy.config.proprio_dim else None
     )
+    try:  # episodes rendered every N steps give only their rendered steps, on the history's grid
+        samples = all_samples(train_eps, policy.config.history_stride)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     print(
         f"{len(train_eps)} training / {len(val_eps)} validation episodes, "
-        f"{sum(len(e.actions) for e in train_eps)} samples; model {params / 1e6:.2f}M parameters; "
+        f"{len(samples)} samples; model {params / 1e6:.2f}M parameters; "
         f"prompt {len(prompt)} tokens"
     )
     settings = TrainSettings(

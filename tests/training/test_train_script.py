@@ -89,3 +89,23 @@ def test_an_internvl_policy_trains_serves_and_is_evaluated_under_every_mask(tmp_
     episodes = [json.loads(line) for line in (results / "episodes.jsonl").read_text().splitlines()]
     assert sorted(e["mask"] for e in episodes) == sorted(masks)
     assert all(e["steps"] == 3 and not e["error"] for e in episodes)
+
+
+@pytest.mark.simulator
+def test_train_refuses_a_history_stride_off_the_rendering_grid_before_any_work(tmp_path, capsys) -> None:
+    """Episodes rendered every 4 steps hold stale images between; a stride of 2 would train on them."""
+    from envs.recording import read_episode, write_episode
+    from fm_agent.cli import main as cli
+
+    record(["babyai:BabyAI-GoToLocal-v0"], 2, RecordSettings(out=tmp_path / "demos"))
+    for path in (tmp_path / "demos").rglob("episode_*.h5"):
+        episode = read_episode(path)
+        episode.metadata["render_every"] = 4
+        write_episode(path, episode)
+    out = tmp_path / "ckpt"
+    argv = ["train", "--preset", "babyai", "--data", str(tmp_path / "demos"), "--out", str(out)]
+    argv += ["--history-stride", "2", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1"]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs a history stride that is a multiple of it, got 2" in err and "Traceback" not in err
+    assert not out.exists()
