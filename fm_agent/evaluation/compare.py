@@ -1,4 +1,8 @@
-"""``fm-agent compare``: evaluation summaries side by side, as a table and a plot with 95 % CIs."""
+"""``fm-agent compare``: evaluation summaries side by side, as a table and a plot with 95 % CIs.
+
+With ``--x`` each summary also carries a number (its training data, its parameter count, the minutes
+of rendering its data cost) and the plot becomes a curve of success against it: the form in which a
+question like "is this policy limited by data or by capacity?" gets answered."""
 
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 
 
 def comparison_rows(config: CompareConfig) -> list[dict]:
-    """One row per (summary, mask), in the order given: label, mask, successes, episodes, CI, errors."""
+    """One row per (summary, mask), in the order given: label, mask, successes, episodes, CI, errors
+    (and x with --x); with --masks only those masks."""
     rows = []
     for i, path in enumerate(config.summaries):
         file = path if path.suffix == ".json" else path / "summary.json"
         label = config.labels[i] if config.labels else file.parent.name
         for mask, stats in json.loads(file.read_text())["masks"].items():
+            if config.masks and mask not in config.masks:
+                continue
             overall = stats["overall"]
             rows.append(
                 {
@@ -30,28 +37,26 @@ def comparison_rows(config: CompareConfig) -> list[dict]:
                     "ci95": overall["ci95"],
                     "errors": stats["errors"],
                 }
+                | ({"x": config.x[i]} if config.x else {})
             )
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| run | evaluated under | success (95 % CI) | errors |", "|---|---|---|---|"]
+def markdown(rows: list[dict], x_label: str = "x") -> str:
+    with_x = any("x" in r for r in rows)
+    head = "| run |" + (f" {x_label} |" if with_x else "") + " evaluated under | success (95 % CI) | errors |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         low, high = (100 * x for x in r["ci95"])
+        x_cell = f" {r['x']:g} |" if with_x else ""
         lines.append(
-            f"| {r['label']} | {r['mask']} | {r['successes']}/{r['episodes']} ({low:.0f}-{high:.0f} %) | {r['errors']} |"
+            f"| {r['label']} |{x_cell} {r['mask']} | {r['successes']}/{r['episodes']} ({low:.0f}-{high:.0f} %)"
+            f" | {r['errors']} |"
         )
     return "\n".join(lines)
 
 
-def run_compare(config: CompareConfig, command: str = "") -> int:
-    config.validate()
-    rows = comparison_rows(config)
-    table = markdown(rows)
-    print(table)
-    config.out.parent.mkdir(parents=True, exist_ok=True)
-    config.out.with_suffix(".md").write_text(table + "\n")
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.6))
+def _plot_bars(ax, rows: list[dict]) -> None:
     rates = [r["rate"] for r in rows]
     errors = [[r["rate"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["rate"] for r in rows]]
     colour = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r["label"] for r in rows))}
@@ -59,6 +64,41 @@ def run_compare(config: CompareConfig, command: str = "") -> int:
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['label']}\n-> {r['mask']}" for r in rows], fontsize=7)
     ax.set_xlabel("run -> evaluated under")
+
+
+def _plot_curve(ax, rows: list[dict], x_label: str, log_x: bool) -> None:
+    """One line per mask through the summaries sorted by x, each point labelled with its run, so
+    several runs at the same x (two seeds, two recipes) stay visible as separate points."""
+    for i, mask in enumerate(dict.fromkeys(r["mask"] for r in rows)):
+        points = sorted((r for r in rows if r["mask"] == mask), key=lambda r: r["x"])
+        xs = [r["x"] for r in points]
+        rates = [r["rate"] for r in points]
+        errors = [[r["rate"] - r["ci95"][0] for r in points], [r["ci95"][1] - r["rate"] for r in points]]
+        ax.errorbar(xs, rates, yerr=errors, capsize=3, marker="o", color=f"C{i}", label=mask)
+        for r in points:
+            ax.annotate(r["label"], (r["x"], r["rate"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.legend(fontsize=7, title="evaluated under", title_fontsize=7)
+
+
+def run_compare(config: CompareConfig, command: str = "") -> int:
+    config.validate()
+    rows = comparison_rows(config)
+    if not rows:
+        print(f"no summary holds a row evaluated under {', '.join(config.masks)}")
+        return 1
+    table = markdown(rows, config.x_label)
+    print(table)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    config.out.with_suffix(".md").write_text(table + "\n")
+    if config.x:
+        fig, ax = plt.subplots(figsize=(6.0, 3.8))
+        _plot_curve(ax, rows, config.x_label, config.log_x)
+    else:
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.6))
+        _plot_bars(ax, rows)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success (95 % CI)")
     fig.tight_layout()

@@ -213,6 +213,14 @@ class CompareConfig:
     """a name per summary (default: its folder's name)"""
     out: Path = Path("runs/compare.png")
     """the plot (PNG); the table is printed and written beside it as .md"""
+    masks: tuple[str, ...] = ()
+    """only the rows evaluated under these masks (default: every mask of every summary)"""
+    x: tuple[float, ...] = ()
+    """a number per summary (training episodes, parameters, minutes of rendering): plot success against it"""
+    x_label: str = "x"
+    """the x axis's name, with --x"""
+    log_x: bool = False
+    """with --x: a logarithmic x axis (parameters, data sizes)"""
 
     def validate(self) -> None:
         if not self.summaries:
@@ -222,3 +230,9 @@ class CompareConfig:
                 raise ConfigError(f"--summaries: {path} is not a summary.json (or a folder holding one)")
         if self.labels and len(self.labels) != len(self.summaries):
             raise ConfigError(f"--labels: give one per summary ({len(self.summaries)}), got {len(self.labels)}")
+        if self.x and len(self.x) != len(self.summaries):
+            raise ConfigError(f"--x: give one per summary ({len(self.summaries)}), got {len(self.x)}")
+        if self.log_x and any(v <= 0 for v in self.x):
+            raise ConfigError("--log-x: every --x must be positive")
+        if self.masks:
+            check_masks(self.masks)

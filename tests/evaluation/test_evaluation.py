@@ -240,3 +240,25 @@ def test_compare_tables_and_plots_summaries(tmp_path) -> None:
     assert "| Mf | Mf | 131/200 (59-72 %) | 0 |" in table and len(table) == 6
     with pytest.raises(ConfigError, match="one per summary"):
         CompareConfig(summaries=(results / "trained_mf.json",), labels=("a", "b")).validate()
+
+
+def test_compare_draws_success_against_a_number_per_summary(tmp_path) -> None:
+    from fm_agent.evaluation.compare import run_compare  # noqa: PLC0415
+    from fm_agent.evaluation.config import CompareConfig  # noqa: PLC0415
+    from fm_agent.jobs import ConfigError  # noqa: PLC0415
+
+    sweep = Path(__file__).resolve().parents[2] / "docs" / "results" / "libero_spatial_sweep.json"
+    out = tmp_path / "curve.png"
+    config = CompareConfig(
+        summaries=(sweep, sweep), labels=("a", "b"), masks=("causal",), x=(504, 50), x_label="episodes", out=out
+    )
+    assert run_compare(config) == 0 and out.stat().st_size > 0
+    table = out.with_suffix(".md").read_text().splitlines()
+    # the Mf+merge rows of the sweep are filtered out; x sits in its own column
+    assert table[0] == "| run | episodes | evaluated under | success (95 % CI) | errors |"
+    assert table[2] == "| a | 504 | causal | 2/50 (1-13 %) | 0 |" and len(table) == 4
+    assert run_compare(CompareConfig(summaries=(sweep,), masks=("Mv2v",), out=out)) == 1  # no such rows
+    with pytest.raises(ConfigError, match="--x: give one per summary"):
+        CompareConfig(summaries=(sweep,), x=(1, 2)).validate()
+    with pytest.raises(ConfigError, match="positive"):
+        CompareConfig(summaries=(sweep,), x=(0,), log_x=True).validate()
