@@ -56,9 +56,14 @@ def markdown(rows: list[dict], x_label: str = "x") -> str:
     return "\n".join(lines)
 
 
+def _ci_errors(rows: list[dict]) -> list[list[float]]:
+    """The 95 % CI as matplotlib's asymmetric yerr: distances below and above each rate."""
+    return [[r["rate"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["rate"] for r in rows]]
+
+
 def _plot_bars(ax, rows: list[dict]) -> None:
     rates = [r["rate"] for r in rows]
-    errors = [[r["rate"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["rate"] for r in rows]]
+    errors = _ci_errors(rows)
     colour = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r["label"] for r in rows))}
     ax.bar(range(len(rows)), rates, yerr=errors, capsize=3, color=[colour[r["label"]] for r in rows])
     ax.set_xticks(range(len(rows)))
@@ -73,8 +78,7 @@ def _plot_curve(ax, rows: list[dict], x_label: str, log_x: bool) -> None:
         points = sorted((r for r in rows if r["mask"] == mask), key=lambda r: r["x"])
         xs = [r["x"] for r in points]
         rates = [r["rate"] for r in points]
-        errors = [[r["rate"] - r["ci95"][0] for r in points], [r["ci95"][1] - r["rate"] for r in points]]
-        ax.errorbar(xs, rates, yerr=errors, capsize=3, marker="o", color=f"C{i}", label=mask)
+        ax.errorbar(xs, rates, yerr=_ci_errors(points), capsize=3, marker="o", color=f"C{i}", label=mask)
         for r in points:
             ax.annotate(r["label"], (r["x"], r["rate"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if log_x:
