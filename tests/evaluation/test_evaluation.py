@@ -262,3 +262,16 @@ def test_compare_draws_success_against_a_number_per_summary(tmp_path) -> None:
         CompareConfig(summaries=(sweep,), x=(1, 2)).validate()
     with pytest.raises(ConfigError, match="positive"):
         CompareConfig(summaries=(sweep,), x=(0,), log_x=True).validate()
+
+
+def test_libero_mask_sweep_summary_repeats_the_earlier_sweep_episode_for_episode() -> None:
+    """The model card's training-free mask table rests on greedy evaluation being deterministic:
+    the two arms that both sweeps ran must agree per task, not just in total."""
+    results = Path(__file__).resolve().parents[2] / "docs" / "results"
+    masks = json.loads((results / "libero_spatial_mask_sweep.json").read_text())["masks"]
+    earlier = json.loads((results / "libero_spatial_sweep.json").read_text())["masks"]
+    assert sorted(masks) == sorted(["causal", "Mf", "Mv2v", "Mv2t", "Mf+merge", "Mv2v+merge", "Mv2t+merge"])
+    assert {m: s["overall"]["episodes"] for m, s in masks.items()} == dict.fromkeys(masks, 50)
+    for mask in ("causal", "Mf+merge"):
+        per_task = {env: s["successes"] for env, s in masks[mask]["per_env"].items()}
+        assert per_task == {env: s["successes"] for env, s in earlier[mask]["per_env"].items()}
