@@ -17,7 +17,7 @@
 # training and about 14 min of evaluation.
 set -euo pipefail
 if [[ $# -lt 2 || $1 == -h || $1 == --help ]]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"  # this header, without the comment marks
   exit 2
 fi
 cd "$(dirname "$0")/.."

@@ -264,7 +264,7 @@ def test_compare_draws_success_against_a_number_per_summary(tmp_path) -> None:
         CompareConfig(summaries=(sweep,), x=(0,), log_x=True).validate()
 
 
-def test_libero_mask_sweep_summary_repeats_the_earlier_sweep_episode_for_episode() -> None:
+def test_libero_mask_sweep_summary_repeats_the_earlier_sweep_task_for_task() -> None:
     """The model card's training-free mask table rests on greedy evaluation being deterministic:
     the two arms that both sweeps ran must agree per task, not just in total."""
     results = Path(__file__).resolve().parents[2] / "docs" / "results"
