@@ -1,10 +1,9 @@
-"""The chunk executor on a simulated clock: a policy call takes a known number of control periods, so
+"""The chunk executor on its simulated clock: a policy call takes a known number of control periods, so
 waits, drops and merges are exact (no real time is measured)."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -19,35 +18,6 @@ from fm_agent_client.executor import (
 )
 
 HZ = 10.0  # 0.1 s per tick
-
-
-class SimulatedTime:
-    """A clock that moves only when the executor sleeps (one tick per control period) or waits."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class SimulatedCall(Future):
-    """A policy call that is done ``latency`` seconds of simulated time after it started; waiting on it
-    moves the clock to that moment."""
-
-    def __init__(self, time_: SimulatedTime, latency: float, result) -> None:
-        super().__init__()
-        self.time, self.ready_at, self.value = time_, time_.now + latency, result
-
-    def done(self) -> bool:
-        return self.time.now >= self.ready_at - 1e-9
-
-    def result(self, timeout=None):
-        self.time.now = max(self.time.now, self.ready_at)
-        return self.value
 
 
 def chunk_policy(chunk: int):
@@ -66,20 +36,15 @@ def run(executor: ChunkExecutor, ticks: int) -> list[np.ndarray]:
     return actions
 
 
-def simulated(latency_ticks: float, chunk: int, **options) -> tuple[ChunkExecutor, SimulatedTime]:
-    time_ = SimulatedTime()
-    executor = ChunkExecutor(
-        chunk_policy(chunk),
-        ExecutorOptions(control_hz=HZ, **options),
-        clock=time_.clock,
-        sleep=time_.sleep,
-        submit=lambda fn, obs: SimulatedCall(time_, latency_ticks / HZ, fn(obs)),
+def simulated(latency_ticks: float, chunk: int, **options) -> ChunkExecutor:
+    """An executor on the library's own SimulatedClock: each call takes ``latency_ticks`` control periods."""
+    return ChunkExecutor(
+        chunk_policy(chunk), ExecutorOptions(control_hz=HZ, simulated_latency_ms=1e3 * latency_ticks / HZ, **options)
     )
-    return executor, time_
 
 
 def test_without_prefetch_the_robot_waits_for_every_chunk() -> None:
-    executor, _ = simulated(latency_ticks=2, chunk=4)
+    executor = simulated(latency_ticks=2, chunk=4)
     actions = run(executor, 12)
     stats = executor.stats
     assert stats.requests == 3 and stats.waits == 3
@@ -90,7 +55,7 @@ def test_without_prefetch_the_robot_waits_for_every_chunk() -> None:
 
 
 def test_prefetch_hides_the_latency_after_the_first_chunk() -> None:
-    executor, _ = simulated(latency_ticks=2, chunk=6, prefetch_threshold=3)
+    executor = simulated(latency_ticks=2, chunk=6, prefetch_threshold=3)
     run(executor, 30)
     stats = executor.stats
     assert stats.waits == 1, "only the first chunk is waited for"
@@ -100,15 +65,38 @@ def test_prefetch_hides_the_latency_after_the_first_chunk() -> None:
 
 
 def test_a_chunk_shorter_than_the_latency_is_asked_again() -> None:
-    executor, _ = simulated(latency_ticks=3, chunk=2, prefetch_threshold=1)
+    executor = simulated(latency_ticks=3, chunk=2, prefetch_threshold=1)
     actions = run(executor, 10)
     assert len(actions) == 10 and executor.stats.dropped > 0
 
 
 def test_the_rate_is_kept_and_lateness_counted() -> None:
-    executor, time_ = simulated(latency_ticks=0, chunk=4)
+    executor = simulated(latency_ticks=0, chunk=4)
     run(executor, 10)
-    assert time_.now == pytest.approx(10 / HZ) and executor.stats.late_ticks == 0
+    assert executor.clock() == pytest.approx(10 / HZ) and executor.stats.late_ticks == 0
+
+
+def test_a_call_shorter_than_a_period_arrives_by_the_next_tick() -> None:
+    """The setting of the LIBERO aggregation study: chunk 4, 20 Hz, 40 ms, asked with 2 actions left.
+    Every chunk after the first loses the step that passed during the call and merges one more."""
+    executor = ChunkExecutor(
+        chunk_policy(4), ExecutorOptions(control_hz=20.0, prefetch_threshold=2, simulated_latency_ms=40.0)
+    )
+    actions = run(executor, 21)
+    stats = executor.stats
+    assert stats.waits == 1 and stats.wait_s == pytest.approx(0.04)  # the first chunk only
+    assert stats.requests == 11 and stats.dropped == 9 and stats.merged == 9  # the call at tick 20 is in flight
+    assert [a[0] for a in actions[:8]] == [0, 0, 0, 2, 2, 4, 4, 6]  # latest: the newer chunk wins
+    assert executor.clock() == pytest.approx(0.04 + 21 / 20.0)
+
+
+def test_a_failed_call_raises_in_the_caller_on_the_simulated_clock() -> None:
+    def broken(observation: int) -> np.ndarray:
+        raise RuntimeError("server down")
+
+    executor = ChunkExecutor(broken, ExecutorOptions(control_hz=HZ, simulated_latency_ms=10.0))
+    with pytest.raises(RuntimeError, match="server down"):
+        executor.step(0)
 
 
 def schedule_with_overlap(aggregate: str, **kw) -> np.ndarray:
@@ -142,9 +130,18 @@ def test_discrete_actions_merge_only_as_latest() -> None:
 
 
 def test_bad_options_are_refused() -> None:
-    for options in (ExecutorOptions(control_hz=0), ExecutorOptions(prefetch_threshold=-1)):
+    for options in (
+        ExecutorOptions(control_hz=0),
+        ExecutorOptions(prefetch_threshold=-1),
+        ExecutorOptions(control_hz=HZ, simulated_latency_ms=-1.0),
+        ExecutorOptions(control_hz=HZ, simulated_latency_ms=float("nan")),
+    ):
         with pytest.raises(ValueError):
             ChunkExecutor(chunk_policy(2), options)
+    with pytest.raises(ValueError, match="control_hz"):
+        ChunkExecutor(chunk_policy(2), ExecutorOptions(simulated_latency_ms=40.0))
+    with pytest.raises(ValueError, match="synchronous"):
+        AsyncChunkExecutor(chunk_policy(2), ExecutorOptions(control_hz=HZ, simulated_latency_ms=40.0))
     with pytest.raises(ValueError, match="aggregate"):
         ChunkExecutor(chunk_policy(2), ExecutorOptions(aggregate="median"))
 

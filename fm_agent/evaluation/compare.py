@@ -2,7 +2,12 @@
 
 With ``--x`` each summary also carries a number (its training data, its parameter count, the minutes
 of rendering its data cost) and the plot becomes a curve of success against it: the form in which a
-question like "is this policy limited by data or by capacity?" gets answered."""
+question like "is this policy limited by data or by capacity?" gets answered.
+
+When a summary comes from the chunk executor (``--executor``), the table also says how each arm moved
+and what the robot saw: the mean action jerk, waits per tick, the mean wait, and the predictions
+dropped and merged, and the plot gains a jerk panel, since aggregation is judged by motion as much as
+by success."""
 
 from __future__ import annotations
 
@@ -36,22 +41,38 @@ def comparison_rows(config: CompareConfig) -> list[dict]:
                     "rate": overall["success_rate"],
                     "ci95": overall["ci95"],
                     "errors": stats["errors"],
+                    "jerk": stats.get("action_jerk", {}).get("mean"),
+                    "executor": stats.get("executor"),
                 }
                 | ({"x": config.x[i]} if config.x else {})
             )
     return rows
 
 
+def _execution_cells(row: dict) -> str:
+    jerk = f" {row['jerk']:.4f} |" if row["jerk"] is not None else " - |"
+    run = row["executor"]
+    if not run:
+        return jerk + " - | - | - | - |"
+    return (
+        jerk + f" {run['waits']:.0f}/{run['ticks']:.0f} | {run['mean_wait_ms']:.0f} ms |"
+        f" {run['dropped']:.0f} | {run['merged']:.0f} |"
+    )
+
+
 def markdown(rows: list[dict], x_label: str = "x") -> str:
     with_x = any("x" in r for r in rows)
+    with_execution = any(r.get("executor") for r in rows)
     head = "| run |" + (f" {x_label} |" if with_x else "") + " evaluated under | success (95 % CI) | errors |"
+    if with_execution:
+        head += " action jerk | waits/ticks | mean wait | dropped | merged |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         low, high = (100 * x for x in r["ci95"])
         x_cell = f" {r['x']:g} |" if with_x else ""
         lines.append(
             f"| {r['label']} |{x_cell} {r['mask']} | {r['successes']}/{r['episodes']} ({low:.0f}-{high:.0f} %)"
-            f" | {r['errors']} |"
+            f" | {r['errors']} |" + (_execution_cells(r) if with_execution else "")
         )
     return "\n".join(lines)
 
@@ -68,6 +89,15 @@ def _plot_bars(ax, rows: list[dict]) -> None:
     ax.bar(range(len(rows)), rates, yerr=errors, capsize=3, color=[colour[r["label"]] for r in rows])
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['label']}\n-> {r['mask']}" for r in rows], fontsize=7)
+    ax.set_xlabel("run -> evaluated under")
+
+
+def _plot_jerk(ax, rows: list[dict]) -> None:
+    colour = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r["label"] for r in rows))}
+    ax.bar(range(len(rows)), [r["jerk"] or 0.0 for r in rows], color=[colour[r["label"]] for r in rows])
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['label']}\n-> {r['mask']}" for r in rows], fontsize=7)
+    ax.set_ylabel("action jerk (mean over episodes)")
     ax.set_xlabel("run -> evaluated under")
 
 
@@ -100,6 +130,11 @@ def run_compare(config: CompareConfig, command: str = "") -> int:
     if config.x:
         fig, ax = plt.subplots(figsize=(6.0, 3.8))
         _plot_curve(ax, rows, config.x_label, config.log_x)
+    elif any(r.get("executor") for r in rows):
+        width = max(5.0, 0.7 * len(rows) + 2)
+        fig, (ax, jerk_ax) = plt.subplots(1, 2, figsize=(2 * width, 3.6))
+        _plot_bars(ax, rows)
+        _plot_jerk(jerk_ax, rows)
     else:
         fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.6))
         _plot_bars(ax, rows)

@@ -59,15 +59,28 @@ class ServerEvalConfig:
     """with --executor: ask for the next chunk when this many actions are left (0: when the queue is empty)"""
     control_hz: float | None = None
     """with --executor: execute at this fixed rate (default: as fast as the simulator steps)"""
+    simulated_latency_ms: float | None = None
+    """with --executor and --control-hz: run the control loop on a simulated clock where a tick takes exactly
+    one period whatever the simulator costs, and each policy call arrives this many ms after its observation
+    (for simulators slower than real time; default: the wall clock)"""
 
     def executor_options(self) -> ExecutorOptions | None:
         if self.executor == "off":
             return None
-        return ExecutorOptions(control_hz=self.control_hz, prefetch_threshold=self.prefetch, aggregate=self.executor)
+        return ExecutorOptions(
+            control_hz=self.control_hz,
+            prefetch_threshold=self.prefetch,
+            aggregate=self.executor,
+            simulated_latency_ms=self.simulated_latency_ms,
+        )
 
     def validate(self) -> None:
-        if self.executor == "off" and (self.prefetch or self.control_hz is not None):
-            raise ConfigError("--prefetch and --control-hz need --executor latest|average|ensemble")
+        if self.executor == "off" and (
+            self.prefetch or self.control_hz is not None or self.simulated_latency_ms is not None
+        ):
+            raise ConfigError(
+                "--prefetch, --control-hz and --simulated-latency-ms need --executor latest|average|ensemble"
+            )
         try:
             options = self.executor_options()
             if options is not None:
@@ -232,6 +245,8 @@ class CompareConfig:
             raise ConfigError(f"--labels: give one per summary ({len(self.summaries)}), got {len(self.labels)}")
         if self.x and len(self.x) != len(self.summaries):
             raise ConfigError(f"--x: give one per summary ({len(self.summaries)}), got {len(self.x)}")
+        if not self.x and (self.log_x or self.x_label != "x"):
+            raise ConfigError("--x-label and --log-x describe the --x axis: give --x, a number per summary")
         if self.log_x and any(v <= 0 for v in self.x):
             raise ConfigError("--log-x: every --x must be positive")
         if self.masks:

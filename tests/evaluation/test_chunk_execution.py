@@ -5,8 +5,11 @@ reports the robot's waits and the motion's jerk."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from fm_agent.evaluation.config import LiberoEvalConfig
 from fm_agent.evaluation.rollout import run_episode, summarise
+from fm_agent.jobs import ConfigError
 from fm_agent_client.executor import ExecutorOptions
 
 
@@ -71,3 +74,23 @@ def test_prefetch_asks_before_the_queue_runs_out_and_merges() -> None:
     assert result.executor["requests"] > 8  # a call every 2-3 steps instead of every 4
     summary = summarise([result])
     assert summary["executor"]["requests"] == result.executor["requests"] and "action_jerk" in summary
+
+
+def test_simulated_latency_sets_when_chunks_arrive_not_the_simulator() -> None:
+    """On the simulated clock the same options give the same schedule whatever the env costs: chunk 4 at
+    20 Hz, 40 ms calls asked with 2 actions left, so each later chunk drops one step and merges one."""
+    options = ExecutorOptions(control_hz=20.0, prefetch_threshold=2, aggregate="ensemble", simulated_latency_ms=40.0)
+    env, actor = CountingEnv(), ChunkActor()
+    result = run_episode(env, actor, "fake", 0, 0, executor=options)
+    assert result.success and result.steps == 30 and result.executor is not None
+    assert actor.calls == list(range(0, 30, 2))
+    assert result.executor["waits"] == 1 and result.executor["late_ticks"] == 0
+    assert result.executor["dropped"] == result.executor["merged"] == 14
+
+
+def test_executor_flags_need_an_executor_and_a_rate() -> None:
+    with pytest.raises(ConfigError, match="simulated-latency-ms"):
+        LiberoEvalConfig(simulated_latency_ms=40.0).validate()
+    with pytest.raises(ConfigError, match="control_hz"):
+        LiberoEvalConfig(executor="latest", simulated_latency_ms=40.0).validate()
+    LiberoEvalConfig(executor="latest", control_hz=20.0, simulated_latency_ms=40.0).validate()

@@ -264,6 +264,27 @@ def test_compare_draws_success_against_a_number_per_summary(tmp_path) -> None:
         CompareConfig(summaries=(sweep,), x=(0,), log_x=True).validate()
 
 
+def test_compare_lists_motion_and_waits_of_chunk_executor_runs(tmp_path) -> None:
+    from fm_agent.evaluation.compare import run_compare  # noqa: PLC0415
+    from fm_agent.evaluation.config import CompareConfig  # noqa: PLC0415
+    from fm_agent.jobs import ConfigError  # noqa: PLC0415
+
+    runs = Path(__file__).resolve().parents[2] / "docs" / "results" / "chunk_executor_libero"
+    out = tmp_path / "exec.png"
+    config = CompareConfig(
+        summaries=(runs / "open_loop.json", runs / "ensemble_prefetch2_20hz.json"), labels=("open", "ens"), out=out
+    )
+    assert run_compare(config) == 0 and out.stat().st_size > 0
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert table[0].endswith("| action jerk | waits/ticks | mean wait | dropped | merged |")
+    assert table[2] == "| open | causal | 1/10 (2-40 %) | 0 | 0.0790 | - | - | - | - |"  # no executor: no waits
+    assert table[3] == "| ens | causal | 0/10 (0-28 %) | 0 | 0.0717 | 777/2200 | 44 ms | 1310 | 0 |"
+    with pytest.raises(ConfigError, match="give --x"):
+        CompareConfig(summaries=(runs / "open_loop.json",), log_x=True).validate()
+    with pytest.raises(ConfigError, match="give --x"):
+        CompareConfig(summaries=(runs / "open_loop.json",), x_label="episodes").validate()
+
+
 def test_libero_mask_sweep_summary_repeats_the_earlier_sweep_task_for_task() -> None:
     """The model card's training-free mask table rests on greedy evaluation being deterministic:
     the two arms that both sweeps ran must agree per task, not just in total."""

@@ -18,6 +18,13 @@ Discrete actions (integer arrays) can only be ``latest``. ``stats`` says what th
 - how many ticks ran past the control period;
 - how many predictions were dropped as stale or merged into another.
 
+A simulator that cannot keep real time (LIBERO renders a frame in longer than a 20 Hz period on a
+CPU) makes every tick late, so chunks arrive stale whatever the policy's latency. With
+``simulated_latency_ms`` set, :class:`ChunkExecutor` runs on a :class:`SimulatedClock` instead: a tick
+takes exactly one control period, the caller's own work (the simulator step) takes no time, and each
+policy call is computed at once but delivered that many milliseconds later. Waits, drops and merges
+then depend only on the latency, the rate and the options, the same in every run, on any machine.
+
 The executor never imports fm-agent: ``infer`` is any callable from an observation to a
 ``(chunk, dims)`` or ``(chunk,)`` array, e.g. ``lambda obs: client.act(episode, **obs).actions``.
 """
@@ -119,12 +126,59 @@ class ExecutorOptions:
     aggregate: str = "latest"
     new_weight: float = 0.7
     ensemble_decay: float = 0.01
+    simulated_latency_ms: float | None = None
+    """run on a :class:`SimulatedClock` where every policy call takes this long (None: the wall clock)"""
 
     def check(self) -> None:
         if self.control_hz is not None and not (math.isfinite(self.control_hz) and self.control_hz > 0):
             raise ValueError(f"control_hz must be > 0, got {self.control_hz}")
         if self.prefetch_threshold < 0:
             raise ValueError(f"prefetch_threshold must be >= 0, got {self.prefetch_threshold}")
+        if self.simulated_latency_ms is not None:
+            if not (math.isfinite(self.simulated_latency_ms) and self.simulated_latency_ms >= 0):
+                raise ValueError(f"simulated_latency_ms must be >= 0, got {self.simulated_latency_ms}")
+            if self.control_hz is None:
+                raise ValueError("simulated_latency_ms needs control_hz: on a simulated clock only ticks move time")
+
+
+class SimulatedClock:
+    """Time that moves only by whole control periods (the executor's sleeps) and by waits for a call.
+
+    ``submit`` computes the call at once, in the caller's thread, and returns a future that is done
+    ``latency_s`` of simulated time later; waiting on it moves the clock to that moment (the robot
+    held still that long). It stands in for the wall clock, not for the policy: the actions are the
+    policy's own, only their arrival time is fixed.
+    """
+
+    def __init__(self, latency_s: float) -> None:
+        self.now, self.latency_s = 0.0, latency_s
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        call = _SimulatedCall(self, self.now + self.latency_s)
+        try:
+            call.set_result(fn(*args))
+        except Exception as error:  # noqa: BLE001  (delivered to the caller when it collects the chunk)
+            call.set_exception(error)
+        return call
+
+
+class _SimulatedCall(Future):
+    def __init__(self, clock: SimulatedClock, ready_at: float) -> None:
+        super().__init__()
+        self._clock, self._ready_at = clock, ready_at
+
+    def done(self) -> bool:
+        return self._clock.now >= self._ready_at - 1e-12
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._clock.now = max(self._clock.now, self._ready_at)
+        return super().result(timeout)
 
 
 class _Base:
@@ -193,7 +247,8 @@ class _Base:
 
 class ChunkExecutor(_Base):
     """Synchronous executor: the policy call runs in one background thread (or whatever ``submit``,
-    ``Executor.submit``-like, hands it to; tests pass a simulated one)."""
+    ``Executor.submit``-like, hands it to), or on a :class:`SimulatedClock` when the options set
+    ``simulated_latency_ms``."""
 
     def __init__(
         self,
@@ -203,6 +258,10 @@ class ChunkExecutor(_Base):
         sleep: Callable[[float], None] = time.sleep,
         submit: Callable[..., Future] | None = None,
     ) -> None:
+        latency_ms = (options or ExecutorOptions()).simulated_latency_ms
+        if latency_ms is not None:
+            simulated = SimulatedClock(latency_ms / 1e3)
+            clock, sleep, submit = simulated.clock, simulated.sleep, simulated.submit
         super().__init__(options, clock)
         self.infer, self.sleep = infer, sleep
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fm-agent-chunk") if submit is None else None
@@ -261,6 +320,8 @@ class AsyncChunkExecutor(_Base):
         options: ExecutorOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if options is not None and options.simulated_latency_ms is not None:
+            raise ValueError("simulated_latency_ms is for the synchronous ChunkExecutor")
         super().__init__(options, clock)
         self.infer = infer
         self._task: asyncio.Task | None = None
