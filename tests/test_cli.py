@@ -177,6 +177,14 @@ def test_serve_config_composes_the_legacy_merge_flags_into_one_spec() -> None:
     assert ServeConfig(mask="Mf+merge(op=mean)").default_spec().label == "Mf+merge(op=mean)"
 
 
+def test_compiled_decoding_is_refused_beside_the_reference_decode() -> None:
+    from fm_agent.jobs import ConfigError
+
+    with pytest.raises(ConfigError, match="--compile-decode"):
+        ServeConfig(compile_decode=True, reference_decode=True).validate()
+    ServeConfig(compile_decode=True).validate()
+
+
 def test_train_presets_offered_by_the_cli_are_the_model_presets() -> None:
     import typing
 

@@ -140,6 +140,7 @@ class VLAPolicy:
         config: VLAConfig,
         fast_decode: bool = True,
         reuse_vision: bool = True,
+        compile_decode: bool = False,
     ) -> None:
         self.model = enable_future_attention(model).eval()
         self.tokenizer = tokenizer
@@ -150,7 +151,12 @@ class VLAPolicy:
         self.image_token_id = self.processor.image_token_id
         # The exact fast decode step (fm_agent/attention/fast_decode.py) where the backbone allows it;
         # False, or an unsupported backbone, keeps transformers' own forward for every decode step.
-        self.fast_decoder = FastDecoder(self.model) if fast_decode and FastDecoder.supports(self.model) else None
+        # compile_decode compiles that step (about 3x faster on a CPU, equal only to about 1e-5).
+        self.fast_decoder = (
+            FastDecoder(self.model, compile=compile_decode)
+            if (fast_decode or compile_decode) and FastDecoder.supports(self.model)
+            else None
+        )
         # Each frame's vision features are computed once and reused while it stays in the history
         # (Observation.features); False encodes every frame of every step, as training does.
         self.reuse_vision = reuse_vision and hasattr(self.model.model, "get_image_features")
@@ -183,14 +189,21 @@ class VLAPolicy:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, fast_decode: bool = True, reuse_vision: bool = True, validate: bool = True
+        cls,
+        folder: str | Path,
+        fast_decode: bool = True,
+        reuse_vision: bool = True,
+        validate: bool = True,
+        compile_decode: bool = False,
     ) -> VLAPolicy:
         """Load a checkpoint folder (format: fm_agent/model/checkpoint.py, docs/checkpoints.md).
 
         ``validate`` cross-checks the model, tokenizer and policy files and runs one dummy step, so a
         broken checkpoint fails here with a :class:`CheckpointError` naming the file and field, not at
         a client's first request. ``fast_decode=False`` keeps transformers' forward for every decode
-        step and ``reuse_vision=False`` encodes every frame of every step (the reference paths)."""
+        step and ``reuse_vision=False`` encodes every frame of every step (the reference paths).
+        ``compile_decode`` compiles the fast step (:class:`FastDecoder`); the dummy step of ``validate``
+        then pays the compile, not a client's first request."""
         folder = Path(folder)
         check_files(folder)
         try:
@@ -201,7 +214,7 @@ class VLAPolicy:
         tokenizer.padding_side = "left"
         model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
         try:
-            policy = cls(model, tokenizer, config, fast_decode, reuse_vision)
+            policy = cls(model, tokenizer, config, fast_decode, reuse_vision, compile_decode)
         except ValueError as error:
             raise CheckpointError(folder, POLICY_FILE, "contents", str(error)) from error
         if validate:

@@ -21,15 +21,23 @@ import torch
 from tqdm import tqdm
 
 from ..attention import FutureMaskSpec, MergeOptions
+from ..attention.fast_decode import FastDecoder
 from ..model import ActionTokenizer, EpisodeHistory, Observation, VLAConfig, VLAPolicy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 # "autoregressive" decodes with the exact fast step (fm_agent/attention/fast_decode.py) and reuses the
-# history's vision features, as served; "ar-reference" is the same policy through transformers' forward
-# for every token, encoding every frame of every step: the paths they replace.
-HEADS = ("autoregressive", "ar-reference", "parallel")
+# history's vision features, as served; "ar-compiled" is that step compiled (``--compile-decode``, not
+# bit-exact); "ar-reference" is the same policy through transformers' forward for every token, encoding
+# every frame of every step: the paths they replace.
+HEADS = ("autoregressive", "ar-compiled", "ar-reference", "parallel")
+# The shipped checkpoint itself (chunk 4), loaded the way `fm-agent serve` loads it for each decode path.
+SHIPPED_PATHS = {
+    "ar-reference": {"fast_decode": False, "reuse_vision": False},
+    "autoregressive": {},
+    "ar-compiled": {"compile_decode": True},
+}
 SPECS = {"causal": FutureMaskSpec(), "Mf+merge": FutureMaskSpec("Mf", merge=MergeOptions())}
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 
@@ -55,6 +63,8 @@ def shaped_like(checkpoint: Path, chunk: int, head: str) -> VLAPolicy:
     if head == "ar-reference":  # the reference paths: transformers' forward per token, every frame encoded
         policy.fast_decoder = None
         policy.reuse_vision = False
+    if head == "ar-compiled":
+        policy.fast_decoder = FastDecoder(policy.model, compile=True)
     return policy
 
 
@@ -106,34 +116,45 @@ def run_step_profile(
     checkpoint: Path, chunks: tuple[int, ...] = (1, 2, 4, 8, 16), repetitions: int = 15, threads: int = 1, progress=None
 ) -> dict:
     torch.set_num_threads(threads)
-    policies = {(chunk, head): shaped_like(checkpoint, chunk, head) for chunk in chunks for head in HEADS}
-    reference = {chunk: policies[(chunk, "autoregressive")] for chunk in chunks}
+    policies: dict[tuple[int | str, str], VLAPolicy] = {
+        (chunk, head): shaped_like(checkpoint, chunk, head) for chunk in chunks for head in HEADS
+    }
+    reference: dict[int | str, VLAPolicy] = {chunk: policies[(chunk, "autoregressive")] for chunk in chunks}
+    shipped_chunk = ActionTokenizer.from_dict(VLAConfig.load(checkpoint).action_tokenizer).chunk
+    for head, options in SHIPPED_PATHS.items():  # "shipped" in place of a chunk: the checkpoint's own weights
+        policies[("shipped", head)] = VLAPolicy.from_pretrained(checkpoint, **options)
+    reference["shipped"] = policies[("shipped", "autoregressive")]
     samples: dict[tuple, list[dict]] = {}
-    keys = [(chunk, head, label) for chunk in chunks for head in HEADS for label in SPECS]
-    for key in keys:  # warm-up
+    keys: list[tuple[int | str, str, str]] = [
+        (chunk, head, label) for chunk in chunks for head in HEADS for label in SPECS
+    ]
+    keys += [("shipped", head, label) for head in SHIPPED_PATHS for label in SPECS]
+    for key in keys:  # warm-up (and the compiles of the compiled step)
         _time_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]])
     for rep in range(repetitions):  # interleaved: machine noise spreads over every configuration alike
         for key in keys:
             samples.setdefault(key, []).append(_time_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]]))
         if progress:
             progress(rep + 1, repetitions)
-    rows = []
+    rows: list[dict] = []
+    shipped: list[dict] = []
     for (chunk, head, label), runs in samples.items():
         median = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
-        rows.append(
-            {
-                "chunk": chunk,
-                "head": head,
-                "spec": label,
-                "tokens": 7 * chunk,
-                **median,
-                "step_over_forward": median["step_ms"] / median["forward_ms"],
-            }
-        )
-    causal = {(r["chunk"], r["head"]): r for r in rows if r["spec"] == "causal"}
-    for row in rows:
-        row["over_causal"] = row["step_ms"] / causal[(row["chunk"], row["head"])]["step_ms"]
+        row = {
+            "chunk": shipped_chunk if chunk == "shipped" else chunk,
+            "head": head,
+            "spec": label,
+            "tokens": 7 * (shipped_chunk if chunk == "shipped" else chunk),
+            **median,
+            "step_over_forward": median["step_ms"] / median["forward_ms"],
+        }
+        (shipped if chunk == "shipped" else rows).append(row)
+    for group in (rows, shipped):
+        causal = {(r["chunk"], r["head"]): r for r in group if r["spec"] == "causal"}
+        for row in group:
+            row["over_causal"] = row["step_ms"] / causal[(row["chunk"], row["head"])]["step_ms"]
     return {
+        "shipped": shipped,
         "checkpoint_shape": str(checkpoint),
         "threads": threads,
         "repetitions": repetitions,
@@ -144,19 +165,30 @@ def run_step_profile(
 
 
 def format_step_report(report: dict) -> str:
-    lines = [
-        f"control step, {report['checkpoint_shape']} shape, random weights, {report['threads']} thread(s), "
-        f"median of {report['repetitions']}",
+    head = (
         f"{'chunk':>5} {'head':15} {'spec':9} {'step ms':>8} {'vision':>7} {'prefill':>8} {'decode':>7} "
-        f"{'forward':>8} {'step/fwd':>8} {'x causal':>8}",
+        f"{'forward':>8} {'step/fwd':>8} {'x causal':>8}"
+    )
+    lines = [
+        f"control step, {report['checkpoint_shape']} itself, {report['threads']} thread(s), "
+        f"median of {report['repetitions']}",
+        head,
+        *_step_lines(report.get("shipped", [])),
+        "",
+        f"control step, {report['checkpoint_shape']} shape, random weights, per chunk length",
+        head,
+        *_step_lines(report["rows"]),
     ]
-    for r in sorted(report["rows"], key=lambda r: (r["chunk"], r["head"], r["spec"])):
-        lines.append(
-            f"{r['chunk']:>5} {r['head']:15} {r['spec']:9} {r['step_ms']:8.1f} {r['vision_ms']:7.1f} "
-            f"{r['prefill_ms']:8.1f} {r['decode_ms']:7.1f} {r['forward_ms']:8.1f} "
-            f"{r['step_over_forward']:8.2f} {r['over_causal']:8.2f}"
-        )
     return "\n".join(lines)
+
+
+def _step_lines(rows: list[dict]) -> list[str]:
+    return [
+        f"{r['chunk']:>5} {r['head']:15} {r['spec']:9} {r['step_ms']:8.1f} {r['vision_ms']:7.1f} "
+        f"{r['prefill_ms']:8.1f} {r['decode_ms']:7.1f} {r['forward_ms']:8.1f} "
+        f"{r['step_over_forward']:8.2f} {r['over_causal']:8.2f}"
+        for r in sorted(rows, key=lambda r: (r["chunk"], r["head"], r["spec"]))
+    ]
 
 
 def plot_step_report(report: dict, path: Path) -> None:

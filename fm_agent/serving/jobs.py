@@ -61,7 +61,9 @@ def load_served_policy(config: ServeConfig) -> VLAPolicy:
         torch.set_num_interop_threads(1)  # the server runs one model thread; inter-op parallelism is unused
     except RuntimeError:  # already set in this process (a long-lived actor)
         pass
-    return VLAPolicy.from_pretrained(config.checkpoint, fast_decode=not config.reference_decode)
+    return VLAPolicy.from_pretrained(
+        config.checkpoint, fast_decode=not config.reference_decode, compile_decode=config.compile_decode
+    )
 
 
 def server_settings(config: ServeConfig, policy: VLAPolicy) -> ServerSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -76,3 +77,32 @@ def test_only_supported_backbones_get_the_fast_step(policies) -> None:
     finally:
         fast.model.eval()
     assert not FastDecoder.supports(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs g++")
+def test_the_compiled_step_decodes_the_reference_tokens(tiny_policy, policies) -> None:
+    """The compiled step is not bit-exact (inductor reorders arithmetic), so this asserts what it
+    promises: logits within 1e-4 of the exact step's and the same greedy and sampled tokens, on a
+    left-padded batch under a causal and a merged mask."""
+    compiled = VLAPolicy.from_pretrained(tiny_policy, compile_decode=True)
+    assert compiled.fast_decoder is not None and compiled.fast_decoder.compiled
+    fast, reference = policies
+    inputs = fast.encode(observations(fast))
+    context = FutureAttention(FutureMaskSpec.parse("causal"), inputs["input_ids"] == fast.image_token_id)
+    logits, cache = prefill(fast.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            pixel_values=inputs["pixel_values"])  # fmt: skip
+    token = logits.argmax(-1, keepdim=True)
+    mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=-1)
+    twin = copy.deepcopy(cache)
+    assert fast.fast_decoder is not None
+    expected = fast.fast_decoder.step(token, cache, mask)
+    got = compiled.fast_decoder.step(token, twin, mask)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert twin.get_seq_length() == cache.get_seq_length()
+    for label in ("causal", "Mv2t+merge"):
+        spec = FutureMaskSpec.parse(label)
+        for temperature in (0.0, 1.5):
+            got_results = compiled.predict(observations(compiled, temperature), spec)
+            want_results = reference.predict(observations(reference, temperature), spec)
+            for a, b in zip(got_results, want_results, strict=True):
+                assert np.array_equal(a.tokens, b.tokens), (label, temperature)
