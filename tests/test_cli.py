@@ -185,6 +185,15 @@ def test_compiled_decoding_is_refused_beside_the_reference_decode() -> None:
     ServeConfig(compile_decode=True).validate()
 
 
+def test_evaluations_compile_only_the_server_they_start() -> None:
+    from fm_agent.evaluation.config import LiberoEvalConfig
+    from fm_agent.jobs import ConfigError
+
+    with pytest.raises(ConfigError, match="local server"):
+        LiberoEvalConfig(compile_decode=True, server=("127.0.0.1:50051",)).validate()
+    LiberoEvalConfig(compile_decode=True).validate()
+
+
 def test_train_presets_offered_by_the_cli_are_the_model_presets() -> None:
     import typing
 

@@ -48,6 +48,8 @@ class ServerEvalConfig:
     """results folder (resumable); default runs/<job name>"""
     server_threads: int | None = None
     """torch threads of the local server (default: the cores the simulator workers leave, at least 1)"""
+    compile_decode: bool = False
+    """the local server compiles its decode step (fm-agent serve --compile-decode: faster, equal to about 1e-5)"""
     retries: int = 1
     """re-runs of an episode after a server/env failure"""
     temperature: float | None = None
@@ -87,6 +89,8 @@ class ServerEvalConfig:
                 options.check()
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        if self.compile_decode and (self.server or self.ray is not None):
+            raise ConfigError("--compile-decode configures the local server: start --server ones with it yourself")
         check_masks(self.masks)
         require_at_least(self, 1, "workers", "max_steps", "server_threads", "ray_servers")
         if self.ray is not None and not self.ray.strip():

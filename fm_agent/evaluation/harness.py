@@ -402,7 +402,7 @@ def policy_servers(args: ServerEvalConfig) -> Iterator[tuple[list[str], LocalSer
         finally:
             servers.stop()
         return
-    local = LocalServer(Path(args.checkpoint), threads=threads)
+    local = LocalServer(Path(args.checkpoint), ("--compile-decode",) if args.compile_decode else (), threads=threads)
     try:
         yield [local.start()], local
     finally:
