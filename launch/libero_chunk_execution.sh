@@ -37,4 +37,4 @@ done
 
 $fm compare --summaries docs/results/libero_spatial_mask_sweep.json "$out/latest_no_prefetch" \
   "$out/latest_prefetch2" "$out/average_prefetch2" "$out/ensemble_prefetch2" --masks causal \
-  --labels open-loop latest latest-prefetch2 average-prefetch2 ensemble-prefetch2 --out "$out/chunk_execution.png"
+  --labels open-loop no-prefetch latest-p2 average-p2 ensemble-p2 --out "$out/chunk_execution.png"

@@ -15,8 +15,9 @@ decode mode, which recomputes without a cache and keeps the reference path. ``su
 whether a model has the layout this step knows; anything else keeps the reference path too.
 
 ``compile=True`` hands the same step, from the embeddings to the logits, to ``torch.compile``
-(inductor with frozen weights and a C++ wrapper, dynamic sequence length). That removes most of the
-remaining per-op overhead (about 3x faster decoding on a CPU) at the price of exactness: inductor
+(inductor with frozen weights and a C++ wrapper, dynamic sequence length). That removes much of the
+remaining per-op overhead (decoding 1.4-1.5x faster on a quiet 2-core CPU, about 3x while simulators
+load the cores, docs/latency.md) at the price of exactness: inductor
 fuses and reorders the element-wise and reduction arithmetic, so the logits differ from the
 reference in the last bits (about 1e-5 here) and a greedy token can only change where two action
 tokens tie to that precision. It is therefore an option, not the default. Compiling takes 25-60 s

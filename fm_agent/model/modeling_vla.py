@@ -151,7 +151,7 @@ class VLAPolicy:
         self.image_token_id = self.processor.image_token_id
         # The exact fast decode step (fm_agent/attention/fast_decode.py) where the backbone allows it;
         # False, or an unsupported backbone, keeps transformers' own forward for every decode step.
-        # compile_decode compiles that step (about 3x faster on a CPU, equal only to about 1e-5).
+        # compile_decode compiles that step (about 1.5x faster on a CPU, equal only to about 1e-5).
         self.fast_decoder = (
             FastDecoder(self.model, compile=compile_decode)
             if (fast_decode or compile_decode) and FastDecoder.supports(self.model)

@@ -54,7 +54,7 @@ class ServeConfig:
     """decode every action token through transformers' forward instead of the exact fast step (the same
     tokens, about twice the decode time; for comparisons)"""
     compile_decode: bool = False
-    """compile the fast decode step with torch.compile (needs a C++ compiler): about 3x faster action decoding
+    """compile the fast decode step with torch.compile (needs a C++ compiler): about 1.5x faster action decoding
     on a CPU after 25-60 s of compiling at start-up (and on the first batch of another size), with logits
     equal to the exact step's only to about 1e-5, so a greedy token can differ at a near-tie"""
     json_logs: bool = False
