@@ -82,22 +82,12 @@ def _ci_errors(rows: list[dict]) -> list[list[float]]:
     return [[r["rate"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["rate"] for r in rows]]
 
 
-def _plot_bars(ax, rows: list[dict]) -> None:
-    rates = [r["rate"] for r in rows]
-    errors = _ci_errors(rows)
+def _plot_bars(ax, rows: list[dict], values: list[float], yerr: list[list[float]] | None = None) -> None:
+    """One bar per row, coloured by run: success with its CI, or an executor run's jerk."""
     colour = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r["label"] for r in rows))}
-    ax.bar(range(len(rows)), rates, yerr=errors, capsize=3, color=[colour[r["label"]] for r in rows])
+    ax.bar(range(len(rows)), values, yerr=yerr, capsize=3, color=[colour[r["label"]] for r in rows])
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['label']}\n-> {r['mask']}" for r in rows], fontsize=7)
-    ax.set_xlabel("run -> evaluated under")
-
-
-def _plot_jerk(ax, rows: list[dict]) -> None:
-    colour = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(r["label"] for r in rows))}
-    ax.bar(range(len(rows)), [r["jerk"] or 0.0 for r in rows], color=[colour[r["label"]] for r in rows])
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{r['label']}\n-> {r['mask']}" for r in rows], fontsize=7)
-    ax.set_ylabel("action jerk (mean over episodes)")
     ax.set_xlabel("run -> evaluated under")
 
 
@@ -133,11 +123,12 @@ def run_compare(config: CompareConfig, command: str = "") -> int:
     elif any(r.get("executor") for r in rows):
         width = max(5.0, 0.7 * len(rows) + 2)
         fig, (ax, jerk_ax) = plt.subplots(1, 2, figsize=(2 * width, 3.6))
-        _plot_bars(ax, rows)
-        _plot_jerk(jerk_ax, rows)
+        _plot_bars(ax, rows, [r["rate"] for r in rows], _ci_errors(rows))
+        _plot_bars(jerk_ax, rows, [r["jerk"] or 0.0 for r in rows])
+        jerk_ax.set_ylabel("action jerk (mean over episodes)")
     else:
         fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 2), 3.6))
-        _plot_bars(ax, rows)
+        _plot_bars(ax, rows, [r["rate"] for r in rows], _ci_errors(rows))
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success (95 % CI)")
     fig.tight_layout()
