@@ -60,9 +60,13 @@ def _execution_cells(row: dict) -> str:
     )
 
 
+def _has_executor_runs(rows: list[dict]) -> bool:
+    return any(r.get("executor") for r in rows)
+
+
 def markdown(rows: list[dict], x_label: str = "x") -> str:
     with_x = any("x" in r for r in rows)
-    with_execution = any(r.get("executor") for r in rows)
+    with_execution = _has_executor_runs(rows)
     head = "| run |" + (f" {x_label} |" if with_x else "") + " evaluated under | success (95 % CI) | errors |"
     if with_execution:
         head += " action jerk | waits/ticks | mean wait | dropped | merged |"
@@ -120,7 +124,7 @@ def run_compare(config: CompareConfig, command: str = "") -> int:
     if config.x:
         fig, ax = plt.subplots(figsize=(6.0, 3.8))
         _plot_curve(ax, rows, config.x_label, config.log_x)
-    elif any(r.get("executor") for r in rows):
+    elif _has_executor_runs(rows):
         width = max(5.0, 0.7 * len(rows) + 2)
         fig, (ax, jerk_ax) = plt.subplots(1, 2, figsize=(2 * width, 3.6))
         _plot_bars(ax, rows, [r["rate"] for r in rows], _ci_errors(rows))

@@ -140,11 +140,12 @@ def run_step_profile(
     shipped: list[dict] = []
     for (chunk, head, label), runs in samples.items():
         median = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
+        actions = shipped_chunk if chunk == "shipped" else int(chunk)
         row = {
-            "chunk": shipped_chunk if chunk == "shipped" else chunk,
+            "chunk": actions,
             "head": head,
             "spec": label,
-            "tokens": 7 * (shipped_chunk if chunk == "shipped" else chunk),
+            "tokens": 7 * actions,
             **median,
             "step_over_forward": median["step_ms"] / median["forward_ms"],
         }

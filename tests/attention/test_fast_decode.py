@@ -36,16 +36,25 @@ def observations(policy: VLAPolicy, temperature: float = 0.0) -> list[Observatio
     return batch
 
 
+def prefilled(
+    policy: VLAPolicy, label: str
+) -> tuple[FutureAttention, torch.Tensor, torch.Tensor, object, torch.Tensor]:
+    """The padded batch of :func:`observations` prefilled under ``label``: its context, the prompt ids,
+    the first greedy token, the cache, and the attention mask with that token appended."""
+    inputs = policy.encode(observations(policy))
+    context = FutureAttention(FutureMaskSpec.parse(label), inputs["input_ids"] == policy.image_token_id)
+    logits, cache = prefill(policy.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            pixel_values=inputs["pixel_values"])  # fmt: skip
+    token = logits.argmax(-1, keepdim=True)
+    mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=-1)
+    return context, inputs["input_ids"], token, cache, mask
+
+
 def test_a_fast_step_returns_the_reference_steps_logits_exactly(policies) -> None:
     fast, _ = policies
-    inputs = fast.encode(observations(fast))
     for label in ("causal", "Mf/prefill", "Mv2t+merge"):
-        context = FutureAttention(FutureMaskSpec.parse(label), inputs["input_ids"] == fast.image_token_id)
-        logits, cache = prefill(fast.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                pixel_values=inputs["pixel_values"])  # fmt: skip
-        token = logits.argmax(-1, keepdim=True)
-        mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=-1)
-        sequence = torch.cat([inputs["input_ids"], token], dim=-1)
+        context, input_ids, token, cache, mask = prefilled(fast, label)
+        sequence = torch.cat([input_ids, token], dim=-1)
         twin = copy.deepcopy(cache)
         expected = decode_one_token(fast.model, context, sequence, cache, mask)
         assert fast.fast_decoder is not None
@@ -87,12 +96,7 @@ def test_the_compiled_step_decodes_the_reference_tokens(tiny_policy, policies) -
     compiled = VLAPolicy.from_pretrained(tiny_policy, compile_decode=True)
     assert compiled.fast_decoder is not None and compiled.fast_decoder.compiled
     fast, reference = policies
-    inputs = fast.encode(observations(fast))
-    context = FutureAttention(FutureMaskSpec.parse("causal"), inputs["input_ids"] == fast.image_token_id)
-    logits, cache = prefill(fast.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            pixel_values=inputs["pixel_values"])  # fmt: skip
-    token = logits.argmax(-1, keepdim=True)
-    mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=-1)
+    _, _, token, cache, mask = prefilled(fast, "causal")
     twin = copy.deepcopy(cache)
     assert fast.fast_decoder is not None
     expected = fast.fast_decoder.step(token, cache, mask)
