@@ -8,11 +8,14 @@ layout, so :class:`MergeLayout` is computed once per forward and shared by every
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from fm_agent_client.masks import MergeOptions
+
+from . import triton_merge
 
 
 def _array_split_chunk(window: torch.Tensor, num_windows: torch.Tensor, slots: int) -> torch.Tensor:
@@ -29,6 +32,10 @@ def _array_split_chunk(window: torch.Tensor, num_windows: torch.Tensor, slots: i
     return torch.where(window < cut, window // big, small_chunk)
 
 
+# Rows scored per matmul by max_future_scores: each block skips the keys before its first row.
+ROW_BLOCK = 128
+
+
 @dataclass(frozen=True)
 class MergeLayout:
     """Where every admitted future key of every visual row goes. Shapes: B batch, R rows, K keys.
@@ -39,6 +46,9 @@ class MergeLayout:
     folds it into the score matmul, see :func:`max_future_scores`.
     key_slot: (B, R, K) long, slot of each key for ``max`` (``slots`` = not pooled).
     key_window / window_slot / window_count / slot_windows: the two-stage ``mean`` bookkeeping.
+    block_first_rows: for the default case, the first row's query index of each ``ROW_BLOCK`` block
+    per sequence, read to the host once per forward: every layer needs them to slice its keys, and
+    reading them off a GPU tensor block by block would stall the stream at every block of every layer.
     """
 
     options: MergeOptions
@@ -51,6 +61,7 @@ class MergeLayout:
     window_slot: torch.Tensor | None
     window_count: torch.Tensor | None
     slot_windows: torch.Tensor | None
+    block_first_rows: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def build(cls, options: MergeOptions, visual_queries: torch.Tensor, future: torch.Tensor) -> MergeLayout:
@@ -67,7 +78,8 @@ class MergeLayout:
         k, p = options.kernel, options.slots
         if options.op == "max" and p == 1:  # the default: no window bookkeeping, max of maxes is the max
             additive = torch.zeros(admitted.shape, device=admitted.device).masked_fill(~admitted, float("-inf"))
-            return cls(options, rows, row_valid, admitted, additive, None, None, None, None, None)
+            first_rows = tuple(tuple(r) for r in rows[:, ::ROW_BLOCK].tolist())
+            return cls(options, rows, row_valid, admitted, additive, None, None, None, None, None, first_rows)
         rank = admitted.long().cumsum(-1) - 1
         num_keys = admitted.sum(-1)
         num_windows = (num_keys + k - 1) // k  # (B, R)
@@ -130,7 +142,27 @@ def merge_future_scores(scores: torch.Tensor, layout: MergeLayout) -> torch.Tens
     return slot_sums[..., : options.slots] / layout.slot_windows[:, None].clamp(min=1.0)
 
 
-ROW_BLOCK = 128
+# False once the fused kernel failed in this process (an unsupported GPU, say): the torch path then runs.
+_FUSED_KERNEL_OK = [True]
+# Devices whose GEMMs take half-precision inputs and give fp32 scores (``out_dtype``); learnt per
+# device type on first use, since the overload exists for CUDA only (and not in every torch release).
+_HALF_GEMM_TO_FP32: dict[str, bool] = {}
+
+
+def fp32_scores(initial: torch.Tensor, queries: torch.Tensor, keys_t: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``initial + scaling * queries @ keys_t`` in fp32, whatever the inputs' dtype.
+
+    fp16/bf16 inputs on a GPU go straight into a half-precision GEMM with fp32 output: the product of
+    two fp16 or bf16 numbers is exact in fp32 and the GEMM accumulates in fp32, so the scores equal
+    those of the upcast inputs up to summation order, at tensor-core speed instead of the fp32 rate
+    (about 15x slower on an H200). Elsewhere the inputs are upcast first.
+    """
+    if queries.dtype != torch.float32 and _HALF_GEMM_TO_FP32.get(queries.device.type, queries.is_cuda):
+        try:
+            return torch.baddbmm(initial, queries, keys_t, alpha=scaling, out_dtype=torch.float32)
+        except (RuntimeError, NotImplementedError, TypeError):
+            _HALF_GEMM_TO_FP32[queries.device.type] = False
+    return torch.baddbmm(initial, queries.float(), keys_t.float(), alpha=scaling)
 
 
 def max_future_scores(
@@ -138,26 +170,36 @@ def max_future_scores(
 ) -> torch.Tensor:
     """The default merge (op max, one slot) without materialising masked copies of the scores.
 
-    visual_queries: (B, H, R, D) fp32; keys: (B, H, K, D) fp32 (query heads, GQA already expanded).
+    visual_queries: (B, H, R, D); keys: (B, H, K, D) (query heads, GQA already expanded); any float dtype,
+    the scores are fp32 (:func:`fp32_scores`).
     The -inf mask is the matmul's initial value (``baddbmm``), and each block of rows only scores
     the keys after its first row, skipping the lower triangle that is never admitted.
     Returns (B, H, R, 1) fp32, 0 for rows with nothing admitted.
     """
     assert layout.additive is not None  # the (max, one slot) layout
+    if _FUSED_KERNEL_OK[0] and triton_merge.supports(visual_queries):
+        try:
+            fused = triton_merge.fused_max_future_scores(
+                visual_queries, keys, layout.additive, layout.rows, scaling, query_offset
+            )[..., None]
+            return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))
+        except Exception as error:  # a Triton compile or launch failure: keep serving on the torch path
+            _FUSED_KERNEL_OK[0] = False
+            warnings.warn(f"fused merge kernel unavailable ({error!r}); using the torch path", stacklevel=2)
     batch, heads, rows, _ = visual_queries.shape
-    out = visual_queries.new_full((batch, heads, rows, 1), float("-inf"))
+    out = visual_queries.new_full((batch, heads, rows, 1), float("-inf"), dtype=torch.float32)
     for b in range(batch):
         keys_t = keys[b].transpose(-1, -2)  # (H, D, K)
-        for r0 in range(0, rows, ROW_BLOCK):
+        for block, r0 in enumerate(range(0, rows, ROW_BLOCK)):
             r1 = min(r0 + ROW_BLOCK, rows)
-            first_key = query_offset + int(layout.rows[b, r0]) + 1  # rows are sorted by position
+            first_key = query_offset + layout.block_first_rows[b][block] + 1  # rows are sorted by position
             if first_key >= keys.shape[2]:
                 break
-            scores = torch.baddbmm(
+            scores = fp32_scores(
                 layout.additive[b, None, r0:r1, first_key:],
                 visual_queries[b, :, r0:r1],
                 keys_t[:, :, first_key:],
-                alpha=scaling,
+                scaling,
             )
             out[b, :, r0:r1, 0] = scores.amax(-1)
     return torch.where(torch.isfinite(out), out, torch.zeros_like(out))

@@ -53,6 +53,8 @@ class ProfileConfig:
     """visual tokens per frame in the prompt layout"""
     threads: int = 1
     """torch intra-op threads (1 gives stable numbers)"""
+    device: str = "cpu"
+    """where the decoder runs: cpu, cuda or cuda:N (the mask grid only; GPU times are synchronised)"""
     hidden: int = 512
     layers: int = 8
     heads: int = 8
@@ -82,6 +84,11 @@ class ProfileConfig:
         if (self.grpc or self.step) and not self.checkpoint.exists():
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
         require_at_least(self, 1, "threads")
+        if self.device != "cpu":
+            if self.grpc or self.step:
+                raise ConfigError("--device applies to the mask grid; --grpc and --step run on the CPU")
+            if not self.device.startswith("cuda"):
+                raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
 
 
 @dataclass(kw_only=True)

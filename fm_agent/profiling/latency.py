@@ -31,7 +31,9 @@ class DecoderShape:
     intermediate: int = 1376
     vocab: int = 32000
 
-    def build(self, dtype: torch.dtype) -> LlamaForCausalLM:
+    def build(self, dtype: torch.dtype, device: str = "cpu") -> LlamaForCausalLM:
+        """Initialised directly on ``device`` in ``dtype``: a 7B shape built in fp32 on the host first would
+        need 27 GB of host memory and minutes of CPU initialisation before it reached a GPU."""
         config = LlamaConfig(  # type: ignore[call-arg]
             vocab_size=self.vocab,
             hidden_size=self.hidden,
@@ -43,7 +45,13 @@ class DecoderShape:
             attn_implementation="sdpa",
         )
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(dtype).eval()  # type: ignore[arg-type]
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = LlamaForCausalLM(config).eval()
+        finally:
+            torch.set_default_dtype(previous)
         enable_future_attention(model)
         return model
 
@@ -58,6 +66,7 @@ class ProfileSettings:
     full_decode_tokens: int = 2
     frame_tokens: int = 64
     threads: int = 1
+    device: str = "cpu"
     shape: DecoderShape = field(default_factory=DecoderShape)
 
 
@@ -71,9 +80,18 @@ class Sample:
     mask_build_ms: list[float] = field(default_factory=list)
 
 
-def _ms(fn: Callable[[], object]) -> float:
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work: CUDA kernels run asynchronously, so a host clock read right after a
+    launch would time the launch, not the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _ms(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> float:
+    _synchronize(device)
     start = time.perf_counter()
     fn()
+    _synchronize(device)
     return (time.perf_counter() - start) * 1e3
 
 
@@ -82,12 +100,13 @@ def measure_once(
     model: LlamaForCausalLM, spec: FutureMaskSpec, visual: torch.Tensor, decode_tokens: int, full_decode_tokens: int
 ) -> tuple[float, float, float]:
     """One prefill, its decode steps and the mask build; returns (prefill ms, decode ms/token, build ms)."""
-    input_ids = torch.randint(3, model.config.vocab_size, (1, visual.shape[0]))
+    device = model.device
+    input_ids = torch.randint(3, model.config.vocab_size, (1, visual.shape[0]), device=device)
     context = FutureAttention(spec, visual[None]) if not spec.is_causal else None
     build_ms = 0.0
     if context is not None:  # the per-request mask work, on a throw-away context of the same request
         probe = FutureAttention(spec, visual[None])
-        build_ms = _ms(lambda: probe.plan(None, 1, visual.shape[0], visual.shape[0], input_ids.device))
+        build_ms = _ms(lambda: probe.plan(None, 1, visual.shape[0], visual.shape[0], device), device)
     use_cache = not spec.needs_full_recompute
     cache = DynamicCache(config=model.config) if use_cache else None
     kwargs = {"future_attention": context} if context is not None else {}
@@ -97,7 +116,7 @@ def measure_once(
         nonlocal out
         out = model(input_ids=input_ids, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **kwargs)
 
-    prefill_ms = _ms(run_prefill)
+    prefill_ms = _ms(run_prefill, device)
     sequence = input_ids
     steps = decode_tokens if use_cache else full_decode_tokens
     decode_total = 0.0
@@ -109,8 +128,10 @@ def measure_once(
             step = lambda: model(input_ids=next_id, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
         else:
             step = lambda: model(input_ids=sequence, use_cache=False, logits_to_keep=1, **kwargs)
+        _synchronize(device)
         start = time.perf_counter()
         out = step()
+        _synchronize(device)
         decode_total += (time.perf_counter() - start) * 1e3
     return prefill_ms, decode_total / max(steps, 1), build_ms
 
@@ -126,7 +147,7 @@ def run_profile(settings: ProfileSettings, progress: Callable[[Iterable], Iterab
         for context in settings.contexts
         for label in settings.specs
     ]
-    models = {dtype: settings.shape.build(getattr(torch, dtype)) for dtype in settings.dtypes}
+    models = {dtype: settings.shape.build(getattr(torch, dtype), settings.device) for dtype in settings.dtypes}
     layouts = {context: vla_layout(context, settings.frame_tokens) for context in settings.contexts}
     for rep, dtype, context, label in progress(plan):
         spec = FutureMaskSpec.parse(label)

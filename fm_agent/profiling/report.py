@@ -8,8 +8,10 @@ from pathlib import Path
 
 import matplotlib
 import torch
+import transformers
 from tqdm import tqdm
 
+from ..jobs import ConfigError
 from .config import PROFILE_PRESETS, PROFILE_SPECS, ProfileConfig
 from .latency import DecoderShape, ProfileSettings, run_profile, settings_dict, summarise
 
@@ -24,7 +26,12 @@ def settings_from(config: ProfileConfig) -> ProfileSettings:
             values[name] = getattr(config, name)
     shape = DecoderShape(config.hidden, config.layers, config.heads, config.kv_heads, config.intermediate, config.vocab)
     return ProfileSettings(
-        specs=tuple(config.specs), frame_tokens=config.frame_tokens, threads=config.threads, shape=shape, **values
+        specs=tuple(config.specs),
+        frame_tokens=config.frame_tokens,
+        threads=config.threads,
+        device=config.device,
+        shape=shape,
+        **values,
     )
 
 
@@ -86,6 +93,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def write_profile(config: ProfileConfig, command: str) -> int:
     """The mask latency grid: table on stdout, ``latency.json`` and ``latency.png`` in ``config.out``."""
     settings = settings_from(config)
+    if settings.device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {settings.device}: this torch ({torch.__version__}) sees no CUDA device")
     samples = run_profile(settings, progress=lambda it: tqdm(list(it), desc="profiling", unit="run"))
     rows = summarise(samples)
     config.out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,10 @@ def write_profile(config: ProfileConfig, command: str) -> int:
             "platform": platform.platform(),
             "processor": platform.processor(),
             "torch": torch.__version__,
+            "transformers": transformers.__version__,
             "threads": settings.threads,
+            "device": settings.device,
+            "accelerator": torch.cuda.get_device_name(settings.device) if settings.device != "cpu" else None,
         },
         "settings": settings_dict(settings),
         "results": rows,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from fm_agent.cli import main
 from fm_agent.profiling.layouts import parse_layout, vla_layout
@@ -51,6 +52,25 @@ def test_profile_writes_json_plot_and_table(tmp_path, capsys) -> None:
     assert full["decode_ms_per_token"] > 0 and "full_decode_ratio_to_merge" in full
     assert (tmp_path / "latency.png").stat().st_size > 10_000
     assert "Mf+merge" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+        (["--device", "cuda", "--step"], "--device applies to the mask grid"),
+    ],
+)
+def test_profile_refuses_a_device_it_cannot_use(flags: list[str], message: str, capsys) -> None:
+    assert main(["profile", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
+def test_profile_on_cuda_without_a_gpu_says_so(tmp_path, capsys) -> None:
+    assert main(["profile", "--device", "cuda", "--preset", "quick", "--out", str(tmp_path)]) == 2
+    assert "sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "latency.json").exists()
 
 
 def test_layouts() -> None:
