@@ -20,11 +20,11 @@ remaining per-op overhead (decoding 1.4-1.5x faster on a quiet 2-core CPU, about
 load the cores, docs/latency.md) at the price of exactness: inductor
 fuses and reorders the element-wise and reduction arithmetic, so the logits differ from the
 reference in the last bits (about 1e-5 here) and a greedy token can only change where two action
-tokens tie to that precision. It is therefore an option, not the default. Compiling takes 25-60 s
-on the first step (checkpoint validation's dummy step, at load), and 20-60 s again the first time
-a batch of several requests comes, and a padded batch, and a padded batch of another size (after
-which dynamo treats the batch as dynamic): so it suits a server for one robot best. Weights are
-frozen into the compiled code, so it is for serving, not training.
+tokens tie to that precision. It is therefore an option, not the default. Dynamo compiles four
+times: for batch 1, for the first unpadded batch of several, for the first padded one and for a
+padded one of another size (after which the batch is dynamic). Checkpoint validation at load runs
+all four (``checkpoint.COMPILE_WARM_UP``), 10-60 s each, so no client's request ever waits for a
+compile. Weights are frozen into the compiled code, so it is for serving, not training.
 """
 
 from __future__ import annotations

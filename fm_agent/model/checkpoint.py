@@ -188,12 +188,26 @@ def features_per_image(model, image_size: int) -> int | None:
     return int(features[0].shape[0])  # one (tokens, hidden) entry per image, as a list or a tensor
 
 
+# The batches a compiled decode step is warmed on at load, as instructions per request: dynamo compiles
+# batch 1 (specialised), then once more for the first unpadded batch of several, the first padded one
+# and a padded one of another size; after these four the batch is dynamic and nothing recompiles
+# (tested). Without the warm-up a server's first micro-batch of each kind stalled 10-60 s mid-episode.
+COMPILE_WARM_UP: tuple[tuple[str, ...], ...] = (
+    ("go", "go"),
+    ("go", "go to the left of the table"),
+    ("go", "go to the left of the table", "go left"),
+)
+
+
 def _dummy_step(policy: VLAPolicy, folder: Path) -> None:
     config = policy.config
     size = config.image_size
     frame = {camera: np.zeros((size, size, 3), np.uint8) for camera in config.cameras}
     proprio = np.asarray(config.proprio_low, dtype=np.float64) if config.proprio_dim else None
+    compiled = policy.fast_decoder is not None and policy.fast_decoder.compiled
+    batches = (("go",), *(COMPILE_WARM_UP if compiled else ()))
     try:
-        policy.predict([Observation([frame], "go", proprio)])
+        for instructions in batches:
+            policy.predict([Observation([frame], instruction, proprio) for instruction in instructions])
     except Exception as error:  # anything here is the checkpoint's fault, not a request's
         raise CheckpointError(folder, "", "dummy step", f"{type(error).__name__}: {error}") from error

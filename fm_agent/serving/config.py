@@ -55,7 +55,7 @@ class ServeConfig:
     tokens, about twice the decode time; for comparisons)"""
     compile_decode: bool = False
     """compile the fast decode step with torch.compile (needs a C++ compiler): about 1.5x faster action decoding
-    on a CPU after 25-60 s of compiling at start-up (and on the first batch of another size), with logits
+    on a CPU after 40-240 s of compiling at start-up (every batch class, before the port opens), with logits
     equal to the exact step's only to about 1e-5, so a greedy token can differ at a near-tie"""
     json_logs: bool = False
     """one JSON object per log line"""
