@@ -91,7 +91,9 @@ def _steady(policy: VLAPolicy, observation: Observation) -> Observation:
 
 
 @torch.no_grad()
-def _time_parts(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec) -> dict[str, float]:
+def time_step_parts(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec) -> dict[str, float]:
+    """One steady-state ``predict`` of ``policy`` (step, prefill, decode), one forward of ``reference``
+    over its own prompt, and the vision tower over the step's images; milliseconds."""
     observation = _steady(policy, _observation(policy)) if policy.reuse_vision else _observation(policy)
     start = time.perf_counter()
     result = policy.predict([observation], spec)[0]
@@ -130,10 +132,10 @@ def run_step_profile(
     ]
     keys += [("shipped", head, label) for head in SHIPPED_PATHS for label in SPECS]
     for key in keys:  # warm-up (and the compiles of the compiled step)
-        _time_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]])
+        time_step_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]])
     for rep in range(repetitions):  # interleaved: machine noise spreads over every configuration alike
         for key in keys:
-            samples.setdefault(key, []).append(_time_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]]))
+            samples.setdefault(key, []).append(time_step_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]]))
         if progress:
             progress(rep + 1, repetitions)
     rows: list[dict] = []

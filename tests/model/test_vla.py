@@ -369,7 +369,7 @@ def test_training_never_shows_targets_to_images() -> None:
 
 
 # -- embedded checkpoints ----------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["libero_spatial", "babyai_gotoseq", "babyai_opendoors"])
+@pytest.mark.parametrize("name", ["libero_spatial", "libero_spatial_parallel", "babyai_gotoseq", "babyai_opendoors"])
 def test_default_checkpoint_loads_and_acts(name: str) -> None:
 
     folder = REPO / "checkpoints" / name

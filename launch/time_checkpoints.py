@@ -1,0 +1,84 @@
+"""One control step of each given checkpoint, against one forward of the first one's prompt.
+
+``fm-agent profile --step`` times random-weight policies of one checkpoint's shape per chunk and head;
+this times trained checkpoints themselves (e.g. an autoregressive and a parallel head trained on the
+same data), loaded as the server loads them, on one steady-state observation each (every history
+frame but the newest already encoded). Calls are interleaved across checkpoints, one intra-op thread
+by default; medians are printed and, with --out, written as JSON.
+
+    python launch/time_checkpoints.py runs/libero_head_autoregressive runs/libero_head_parallel --repetitions 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fm_agent.attention import FutureMaskSpec
+from fm_agent.model import VLAPolicy
+from fm_agent.profiling.step import time_step_parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "checkpoints", type=Path, nargs="+", help="policy folders; the first one's prompt is the forward"
+    )
+    parser.add_argument("--mask", default="causal", help="mask label the steps run under")
+    parser.add_argument("--repetitions", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the medians")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    policies = [VLAPolicy.from_pretrained(folder) for folder in args.checkpoints]
+    reference, spec = policies[0], FutureMaskSpec.parse(args.mask)
+    for policy in policies:
+        if policy.config.cameras != reference.config.cameras or policy.config.image_size != reference.config.image_size:
+            parser.error(f"{args.checkpoints[policies.index(policy)]}: other cameras or image size than the first")
+        time_step_parts(policy, reference, spec)  # warm-up
+    samples: list[list[dict[str, float]]] = [[] for _ in policies]
+    for _ in range(args.repetitions):
+        for runs, policy in zip(samples, policies):
+            runs.append(time_step_parts(policy, reference, spec))
+    rows = []
+    for folder, policy, runs in zip(args.checkpoints, policies, samples):
+        median = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
+        actions = policy.actions
+        rows.append(
+            {
+                "checkpoint": str(folder),
+                "action_head": policy.config.action_head,
+                "tokens_per_call": actions.tokens_per_call,
+                **median,
+                "step_over_forward": median["step_ms"] / median["forward_ms"],
+            }
+        )
+    print(
+        f"{'checkpoint':40} {'head':15} {'tokens':>6} {'step ms':>8} {'prefill':>8} {'decode':>7} {'forward':>8} {'step/fwd':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['checkpoint']:40} {r['action_head']:15} {r['tokens_per_call']:>6} {r['step_ms']:8.1f} "
+            f"{r['prefill_ms']:8.1f} {r['decode_ms']:7.1f} {r['forward_ms']:8.1f} {r['step_over_forward']:8.2f}"
+        )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "mask": args.mask,
+            "threads": args.threads,
+            "repetitions": args.repetitions,
+            "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "rows": rows,
+        }
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
