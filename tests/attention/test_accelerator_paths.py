@@ -8,10 +8,9 @@ run where a CUDA device is present and are skipped elsewhere.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from decode_checks import next_step_logits_merged_and_causal
 from reference import merged_attention
 from tiny_models import llava_pixels, llava_prompt, tiny_llava
 from torch import nn
@@ -24,7 +23,6 @@ from fm_agent.attention import (
     future_attention_for,
     future_extension,
     interface,
-    prefill,
     triton_merge,
     use_future_attention,
 )
@@ -133,13 +131,7 @@ def test_cuda_merged_model_fused_equals_explicit_and_decodes_as_causal(label: st
             input_ids=ids, pixel_values=pixels, future_attention=future_attention_for(eager, ids, spec)
         ).logits
     torch.testing.assert_close(fused, explicit, atol=1e-4, rtol=0)
-    context = future_attention_for(sdpa, ids, spec)
-    logits, cache = prefill(sdpa, context, ids, pixel_values=pixels)
-    next_ids = logits.argmax(-1, keepdim=True)
-    causal_cache = copy.deepcopy(cache)
-    with torch.no_grad():
-        merged_step = sdpa(input_ids=next_ids, past_key_values=cache, future_attention=context).logits
-        causal_step = sdpa(input_ids=next_ids, past_key_values=causal_cache).logits
+    merged_step, causal_step = next_step_logits_merged_and_causal(sdpa, ids, pixels, spec)
     assert torch.equal(merged_step, causal_step)
 
 

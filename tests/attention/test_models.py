@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 
 import pytest
 import torch
+from decode_checks import next_step_logits_merged_and_causal
 from reference import additive_mask
 from tiny_models import llava_pixels, llava_prompt, qwen_inputs, tiny_llava, tiny_qwen2_vl
 
@@ -103,14 +103,9 @@ def test_merge_fused_kernel_equals_explicit_softmax(label: str, family: str) -> 
 @pytest.mark.parametrize("label", MERGED)
 def test_decode_after_merged_prefill_equals_causal_decode(label: str) -> None:
     model = enable_future_attention(tiny_llava())
-    ids, pixels = llava_prompt(), llava_pixels()
-    context = future_attention_for(model, ids, FutureMaskSpec.parse(label))
-    logits, cache = prefill(model, context, ids, pixel_values=pixels)
-    next_ids = logits.argmax(-1, keepdim=True)
-    causal_cache = copy.deepcopy(cache)
-    with torch.no_grad():
-        merged_step = model(input_ids=next_ids, past_key_values=cache, future_attention=context).logits
-        causal_step = model(input_ids=next_ids, past_key_values=causal_cache).logits
+    merged_step, causal_step = next_step_logits_merged_and_causal(
+        model, llava_prompt(), llava_pixels(), FutureMaskSpec.parse(label)
+    )
     assert torch.equal(merged_step, causal_step)
 
 
