@@ -16,7 +16,8 @@ never sent here (Triton would round them to TF32).
 Status: opt-in (``FM_AGENT_FUSED_MERGE=1``). The kernel was checked against a dense fp64 reference in
 Triton's CPU interpreter (fp16; the interpreter cannot hold bf16), not yet on a GPU: the session that
 wrote it lost its GPU before the run. ``tests/attention/test_accelerator_paths.py`` runs it, and the
-merge path with it, wherever CUDA is present; once those pass on a GPU it can become the default.
+merge path with it, wherever CUDA is present (``bash launch/gpu_checks.sh OUT`` runs them and profiles
+both paths); once those pass on a GPU it can become the default.
 Triton is optional: without it (the CPU build of torch) :data:`AVAILABLE` is False and the torch
 path runs.
 """
