@@ -61,6 +61,9 @@ class TrainConfig:
     validate_every: int = 250
     max_minutes: float | None = None
     """stop after this much training time"""
+    keep_best: bool = False
+    """save the weights of the validation step with the lowest loss instead of the last step's (small data
+    overfits: a LIBERO policy on 74 episodes was best at step 500 of 1,500)"""
     threads: int = 2
     seed: int = 0
     fresh: bool = False

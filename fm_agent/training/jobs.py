@@ -17,7 +17,7 @@ from ..model.action_tokenizer import quantile_range
 from ..model.importing import ImportSpec, import_checkpoint
 from ..model.presets import PRESETS
 from .config import ImportConfig, TrainConfig
-from .loop import TrainSettings, plot_losses, save_log, train
+from .loop import TrainLog, TrainSettings, plot_losses, save_log, train
 
 
 def recorded_envs(data: Path) -> list[str]:
@@ -62,6 +62,15 @@ def build_policy(
         ),
     )
     return VLAPolicy.create(vla, instructions, seed=config.seed)
+
+
+def kept_validation(log: TrainLog) -> dict:
+    """The validation figures of the weights that are saved: the kept step's with --keep-best, else the last."""
+    if not log.val_loss:
+        return {"val_loss": None, "val_action_accuracy": None}
+    index = log.val_steps.index(log.kept_step) if log.kept_step is not None else -1
+    kept = {"kept_step": log.kept_step} if log.kept_step is not None else {}
+    return {"val_loss": log.val_loss[index], "val_action_accuracy": log.val_accuracy[index], **kept}
 
 
 def run_train(config: TrainConfig, command: str = "") -> int:
@@ -115,6 +124,7 @@ def run_train(config: TrainConfig, command: str = "") -> int:
         threads=config.threads,
         max_minutes=config.max_minutes,
         image_shift=config.image_shift,
+        keep_best=config.keep_best,
     )
     log = train(
         policy,
@@ -137,8 +147,7 @@ def run_train(config: TrainConfig, command: str = "") -> int:
         "image_shift": config.image_shift,
         "minutes": round(log.seconds / 60, 2),
         "parameters": params,
-        "val_loss": log.val_loss[-1] if log.val_loss else None,
-        "val_action_accuracy": log.val_accuracy[-1] if log.val_accuracy else None,
+        **kept_validation(log),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch_threads": config.threads,
     }

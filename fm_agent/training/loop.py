@@ -43,6 +43,7 @@ class TrainSettings:
     threads: int = 2
     max_minutes: float | None = None
     image_shift: int = 0  # random-shift augmentation: pixels each camera view may move (0 = off)
+    keep_best: bool = False  # end with the weights of the lowest validation loss, not the last step's
 
 
 @dataclass
@@ -53,6 +54,7 @@ class TrainLog:
     val_loss: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    kept_step: int | None = None  # with keep_best: the validation step whose weights the policy ends with
 
 
 def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Sequence[Sample]) -> dict:
@@ -186,6 +188,9 @@ def train(
     optimiser = torch.optim.AdamW(policy.model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: _schedule(s, settings))
     log, step = TrainLog(), 0
+    # keep_best: a copy of the weights at the lowest validation loss so far (a small policy's weights fit
+    # in memory twice); saved with the training state, so a resumed run still ends on the best step.
+    best: dict[str, torch.Tensor] | None = None
     state_path = out / CHECKPOINT_STATE
     if resume and state_path.exists():
         state = torch.load(state_path, weights_only=False)
@@ -195,6 +200,7 @@ def train(
         log, step = TrainLog(**state["log"]), state["step"]
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        best = state.get("best")
     stride = policy.config.history_stride
     samples = all_samples(train_eps, stride)
     val_samples = all_samples(val_eps, stride)
@@ -214,6 +220,7 @@ def train(
                 "step": step,
                 "python_rng": random.getstate(),
                 "torch_rng": torch.get_rng_state(),
+                "best": best,
             },
             state_path,
         )
@@ -242,6 +249,9 @@ def train(
             log.val_steps.append(step)
             log.val_loss.append(val_loss)
             log.val_accuracy.append(val_acc)
+            if settings.keep_best and val_loss <= min(log.val_loss):
+                best = {name: value.detach().clone() for name, value in policy.model.state_dict().items()}
+                log.kept_step = step
             if bar is not None:
                 bar.write(
                     f"step {step}: train loss {np.mean(log.loss[-50:]):.4f}, val loss {val_loss:.4f}, "
@@ -255,7 +265,11 @@ def train(
                 bar.write(f"stopping at step {step}: the {settings.max_minutes} minute budget is spent")
             break
     log.seconds = time.perf_counter() - started
-    checkpoint()
+    checkpoint()  # the last step's state, so that a longer --steps resumes from where training stopped
+    if settings.keep_best and best is not None:
+        policy.model.load_state_dict(best)
+        if bar is not None:
+            bar.write(f"keeping the weights of step {log.kept_step} (lowest validation loss)")
     if bar is not None:
         bar.close()
     return log

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -283,6 +285,31 @@ def test_training_lowers_the_loss(mask: str, tmp_path) -> None:
         after = forward_loss(policy, batch, spec)[0].item()
     assert after < before * 0.8, (before, after)
     assert (tmp_path / "training_state.pt").exists() and len(log.val_loss) == 1
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_keep_best_ends_on_the_lowest_validation_loss(keep_best: bool, tmp_path, monkeypatch) -> None:
+    """Validation losses 3, 1, 2 (scripted): with keep_best the policy ends with the weights it had at the
+    second validation, and a resumed run still does; without, with the last step's."""
+    from fm_agent.training import loop
+
+    scripted, snapshots = iter([3.0, 1.0, 2.0]), []
+
+    def scripted_validate(policy, *_args):
+        snapshots.append({k: v.detach().clone() for k, v in policy.model.state_dict().items()})
+        return next(scripted), 0.5
+
+    monkeypatch.setattr(loop, "validate", scripted_validate)
+    policy, episodes = babyai_like(), tiny_episodes()
+    settings = TrainSettings(steps=6, batch_size=4, lr=3e-3, warmup=1, validate_every=2, checkpoint_every=2, threads=1)
+    log = train(policy, episodes, episodes[:2], replace(settings, steps=4, keep_best=keep_best), tmp_path)
+    log = train(policy, episodes, episodes[:2], replace(settings, keep_best=keep_best), tmp_path)  # resumes
+    final = policy.model.state_dict()
+    kept, last = snapshots[1], snapshots[2]  # the weights at the validations of steps 4 and 6 (the last step)
+    assert not all(torch.equal(kept[k], last[k]) for k in final), "training moved the weights"
+    expected = kept if keep_best else last
+    assert all(torch.equal(final[k], expected[k]) for k in final)
+    assert log.val_loss == [3.0, 1.0, 2.0] and log.kept_step == (4 if keep_best else None)
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
