@@ -37,9 +37,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     policies = [VLAPolicy.from_pretrained(folder) for folder in args.checkpoints]
     reference, spec = policies[0], FutureMaskSpec.parse(args.mask)
-    for policy in policies:
+    for folder, policy in zip(args.checkpoints, policies):
         if policy.config.cameras != reference.config.cameras or policy.config.image_size != reference.config.image_size:
-            parser.error(f"{args.checkpoints[policies.index(policy)]}: other cameras or image size than the first")
+            parser.error(f"{folder}: other cameras or image size than the first")
         time_step_parts(policy, reference, spec)  # warm-up
     samples: list[list[dict[str, float]]] = [[] for _ in policies]
     for _ in range(args.repetitions):

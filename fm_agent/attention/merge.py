@@ -177,15 +177,25 @@ def max_future_scores(
     Returns (B, H, R, 1) fp32, 0 for rows with nothing admitted.
     """
     assert layout.additive is not None  # the (max, one slot) layout
+    out = None
     if _FUSED_KERNEL_OK[0] and triton_merge.supports(visual_queries):
         try:
-            fused = triton_merge.fused_max_future_scores(
+            out = triton_merge.fused_max_future_scores(
                 visual_queries, keys, layout.additive, layout.rows, scaling, query_offset
             )[..., None]
-            return torch.where(torch.isfinite(fused), fused, torch.zeros_like(fused))
         except Exception as error:  # a Triton compile or launch failure: keep serving on the torch path
             _FUSED_KERNEL_OK[0] = False
             warnings.warn(f"fused merge kernel unavailable ({error!r}); using the torch path", stacklevel=2)
+    if out is None:
+        out = _blockwise_max_scores(visual_queries, keys, layout, scaling, query_offset)
+    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+
+
+def _blockwise_max_scores(
+    visual_queries: torch.Tensor, keys: torch.Tensor, layout: MergeLayout, scaling: float, query_offset: int
+) -> torch.Tensor:
+    """:func:`max_future_scores` in torch ops, ``ROW_BLOCK`` rows per GEMM; -inf where nothing is admitted."""
+    assert layout.additive is not None
     batch, heads, rows, _ = visual_queries.shape
     out = visual_queries.new_full((batch, heads, rows, 1), float("-inf"), dtype=torch.float32)
     for b in range(batch):
@@ -202,4 +212,4 @@ def max_future_scores(
                 scaling,
             )
             out[b, :, r0:r1, 0] = scores.amax(-1)
-    return torch.where(torch.isfinite(out), out, torch.zeros_like(out))
+    return out

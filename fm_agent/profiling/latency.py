@@ -11,6 +11,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -18,6 +19,8 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
 from .config import PROFILE_SPECS
 from .layouts import vla_layout
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,12 +90,13 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _ms(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> float:
+def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """``fn()`` and the milliseconds it took on ``device``."""
     _synchronize(device)
     start = time.perf_counter()
-    fn()
+    result = fn()
     _synchronize(device)
-    return (time.perf_counter() - start) * 1e3
+    return result, (time.perf_counter() - start) * 1e3
 
 
 @torch.no_grad()
@@ -106,21 +110,17 @@ def measure_once(
     build_ms = 0.0
     if context is not None:  # the per-request mask work, on a throw-away context of the same request
         probe = FutureAttention(spec, visual[None])
-        build_ms = _ms(lambda: probe.plan(None, 1, visual.shape[0], visual.shape[0], device), device)
+        _, build_ms = _timed(lambda: probe.plan(None, 1, visual.shape[0], visual.shape[0], device), device)
     use_cache = not spec.needs_full_recompute
     cache = DynamicCache(config=model.config) if use_cache else None
     kwargs = {"future_attention": context} if context is not None else {}
-    out = None
-
-    def run_prefill() -> None:
-        nonlocal out
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **kwargs)
-
-    prefill_ms = _ms(run_prefill, device)
+    out, prefill_ms = _timed(
+        lambda: model(input_ids=input_ids, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **kwargs),
+        device,
+    )
     sequence = input_ids
     steps = decode_tokens if use_cache else full_decode_tokens
     decode_total = 0.0
-    assert out is not None  # set by run_prefill
     for _ in range(steps):
         next_id = out.logits[:, -1:].argmax(-1)
         sequence = torch.cat([sequence, next_id], dim=-1)
@@ -128,11 +128,8 @@ def measure_once(
             step = lambda: model(input_ids=next_id, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
         else:
             step = lambda: model(input_ids=sequence, use_cache=False, logits_to_keep=1, **kwargs)
-        _synchronize(device)
-        start = time.perf_counter()
-        out = step()
-        _synchronize(device)
-        decode_total += (time.perf_counter() - start) * 1e3
+        out, ms = _timed(step, device)
+        decode_total += ms
     return prefill_ms, decode_total / max(steps, 1), build_ms
 
 
