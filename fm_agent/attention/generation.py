@@ -131,10 +131,13 @@ def continue_decoding(
     choose: Callable[[torch.Tensor], torch.Tensor],
     attention_mask: torch.Tensor | None = None,
     fast: FastDecoder | None = None,
+    done: Callable[[], bool] | None = None,
     **model_inputs: Any,
 ) -> torch.Tensor:
     """The ``n_tokens`` tokens that follow a :func:`prefill` of ``sequence`` (B, L) -> (B, n_tokens).
 
+    ``done``, asked after each chosen token, ends decoding early (variable-length outputs such as FAST
+    action chunks, whose ``choose`` tracks when every row is complete); ``n_tokens`` is then the most.
     ``choose`` turns one step's logits (B, V) into the next ids (B, 1): greedy, sampled, or kept to
     a vocabulary range (a policy's action tokens). The last chosen token is not fed back, since
     nothing reads the logits after it. ``fast`` (a :class:`FastDecoder` of ``model``) runs each cached
@@ -144,7 +147,7 @@ def continue_decoding(
     for step in range(n_tokens):
         token = choose(logits)  # (B, 1)
         chosen.append(token)
-        if step + 1 == n_tokens:
+        if step + 1 == n_tokens or (done is not None and done()):
             break
         sequence = torch.cat([sequence, token], dim=-1)
         if attention_mask is not None:

@@ -61,6 +61,7 @@ class VLAConfig:
     reads every action token off its placeholder in the same forward as the prompt: a control step
     costs one forward, whatever the chunk. Placeholders carry no information, so visual rows that a
     future-aware mask lets see them learn nothing about the targets, which never enter the input.
+    The FAST action encoding (a variable number of tokens per chunk) needs the autoregressive head.
     """
 
     env_family: str  # "babyai" | "libero"
@@ -91,6 +92,8 @@ class VLAConfig:
             raise ValueError(f"history_stride must be >= 1, got {self.history_stride}")
         if self.action_head not in ACTION_HEADS:
             raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {self.action_head!r}")
+        if self.action_head == "parallel" and self.action_tokenizer.get("encoding") == "fast":
+            raise ValueError("action_head 'parallel' needs a fixed number of action tokens; the FAST encoding has none")
         if self.backbone.family not in BACKBONE_FAMILIES:
             raise ValueError(f"backbone.family must be one of {BACKBONE_FAMILIES}, got {self.backbone.family!r}")
         if self.instruction_tokens not in ("words", "tokenizer"):

@@ -50,7 +50,7 @@ from .text_tokenizer import IMAGE, build_tokenizer
 @dataclass
 class ActionResult:
     actions: np.ndarray  # (chunk, dims) float32 or (chunk,) int64
-    tokens: np.ndarray  # (tokens_per_call,) ids
+    tokens: np.ndarray  # (tokens_per_call,) ids; fewer for the FAST encoding
     timings_ms: dict[str, float]
     # The vision features of the observation's newest frame (cameras, tokens, hidden), for the caller to
     # keep with that frame in its EpisodeHistory; None when this step encoded pixels the reference way.
@@ -269,18 +269,30 @@ class VLAPolicy:
         )
         t_prefill = time.perf_counter()
         lo, hi = self.actions.token_range()
-        tokens = continue_decoding(
+        constraint = self.actions.length_constraint(len(observations)) if self.actions.variable_length else None
+
+        def choose(step_logits: torch.Tensor) -> torch.Tensor:
+            logits = step_logits[:, lo:hi]  # action tokens only
+            if constraint is None:
+                return self._choose(logits, observations) + lo
+            token = self._choose(constraint.mask(logits), observations)
+            constraint.update(token)
+            return token + lo
+
+        decoded = continue_decoding(
             self.model,
             context,
             logits,
             cache,
             inputs["input_ids"],
             self.actions.tokens_per_call,
-            lambda step_logits: self._choose(step_logits[:, lo:hi], observations) + lo,  # action tokens only
+            choose,
             inputs["attention_mask"],
             self.fast_decoder,
+            done=None if constraint is None else lambda: constraint.done,
             **model_inputs,
         ).numpy()
+        tokens = list(decoded) if constraint is None else constraint.split(decoded)
         end = time.perf_counter()
         timings = {
             "preprocess_ms": (t_pre - start) * 1e3,
@@ -354,7 +366,7 @@ class VLAPolicy:
         tokens = torch.cat([self._choose(logits[:, j], observations) for j in range(n)], dim=-1) + lo
         end = time.perf_counter()
         return self._results(
-            tokens.numpy(),
+            list(tokens.numpy()),
             {
                 "preprocess_ms": (t_pre - start) * 1e3,
                 "prefill_ms": (t_forward - t_pre) * 1e3,
@@ -365,7 +377,7 @@ class VLAPolicy:
         )
 
     def _results(
-        self, tokens: np.ndarray, timings: dict[str, float], newest: list[torch.Tensor | None]
+        self, tokens: Sequence[np.ndarray], timings: dict[str, float], newest: list[torch.Tensor | None]
     ) -> list[ActionResult]:
         shape = (self.actions.chunk, self.actions.dims) if self.actions.kind == "continuous" else (self.actions.chunk,)
         return [

@@ -32,7 +32,15 @@ class TrainConfig:
     whole chunks calls once per chunk)"""
     image_size: int | None = None
     bins: int = 256
-    """bins per continuous action dimension"""
+    """bins per continuous action dimension (--action-encoding bins)"""
+    action_encoding: Literal["bins", "fast"] = "bins"
+    """continuous actions as one binned token per dimension per action, or FAST: a DCT over the chunk,
+    rounding and BPE fitted on these demonstrations, a variable and smaller number of tokens per chunk
+    (autoregressive head only)"""
+    fast_scale: float = 10.0
+    """FAST: DCT coefficients are multiplied by this before rounding (larger: finer, more tokens)"""
+    fast_vocab: int = 1024
+    """FAST: BPE vocabulary size (the action tokens)"""
     backbone: Literal["llava", "internvl"] = "llava"
     """transformers family of a new policy: LLaVA (SigLIP + Llama) or InternVL (InternViT, pixel shuffle, Qwen2)"""
     patch: int | None = None
@@ -86,6 +94,15 @@ class TrainConfig:
         require_at_least(self, 1, "steps", "batch_size", "validate_every", "threads", "bins", "hidden", "layers")
         require_at_least(self, 1, "heads", "kv_heads", "history", "chunk", "history_stride", "image_size", "patch")
         require_at_least(self, 1, "max_episodes")
+        require_at_least(self, 2, "fast_vocab")
+        if self.action_encoding == "fast" and self.action_head == "parallel":
+            raise ConfigError(
+                "--action-encoding fast decodes a variable number of tokens: use --action-head autoregressive"
+            )
+        if self.action_encoding == "fast" and self.preset != "libero":
+            raise ConfigError("--action-encoding fast is for continuous actions (the libero preset)")
+        if not self.fast_scale > 0:
+            raise ConfigError(f"--fast-scale must be positive, got {self.fast_scale}")
         if self.heads % self.kv_heads or self.hidden % self.heads:
             raise ConfigError(
                 f"--hidden {self.hidden} / --heads {self.heads} / --kv-heads {self.kv_heads}: heads must "

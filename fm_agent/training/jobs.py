@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..data.episodes import all_samples, load_episodes
+from ..data.episodes import EpisodeArrays, action_chunk, all_samples, load_episodes
 from ..jobs import ConfigError
 from ..model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
 from ..model.action_tokenizer import quantile_range
@@ -29,13 +29,17 @@ def recorded_envs(data: Path) -> list[str]:
 
 
 def build_policy(
-    config: TrainConfig, instructions: list[str], actions: np.ndarray, proprio: np.ndarray | None
+    config: TrainConfig, instructions: list[str], train_eps: list[EpisodeArrays], proprio: np.ndarray | None
 ) -> VLAPolicy:
-    """A fresh policy of the preset's conventions, its tokenizers fitted to the training data."""
+    """A fresh policy of the preset's conventions, its tokenizers fitted to the training episodes."""
     preset = PRESETS[config.preset]
     chunk = config.chunk or preset.chunk
+    actions = np.concatenate([e.actions for e in train_eps])
     if preset.discrete_actions:
         action_tokenizer = ActionTokenizer.discrete(preset.discrete_actions, chunk=chunk)
+    elif config.action_encoding == "fast":  # BPE fitted on the chunk that starts at every training step
+        chunks = np.stack([action_chunk(e, t, chunk) for e in train_eps for t in range(len(e.actions))])
+        action_tokenizer = ActionTokenizer.fit_fast(actions, chunks, scale=config.fast_scale, vocab=config.fast_vocab)
     else:
         action_tokenizer = ActionTokenizer.fit(actions, bins=config.bins, chunk=chunk)
     proprio_low, proprio_high = quantile_range(proprio) if proprio is not None else ([], [])
@@ -93,9 +97,7 @@ def run_train(config: TrainConfig, command: str = "") -> int:
         earlier = dict(policy.config.training)  # the --init policy's own record
     else:
         proprio = np.concatenate([e.proprio for e in train_eps]) if preset.proprio else None
-        policy = build_policy(
-            config, [e.instruction for e in episodes], np.concatenate([e.actions for e in train_eps]), proprio
-        )
+        policy = build_policy(config, [e.instruction for e in episodes], train_eps, proprio)
         earlier = None
     if config.temperature is not None:
         policy.config.temperature = config.temperature

@@ -71,14 +71,22 @@ def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Se
         )
         targets.append(actions.encode(action_chunk(e, s.step, actions.chunk)))
     inputs = policy.encode(observations)
-    target = torch.tensor(np.stack(targets))
     if policy.parallel:
+        target = torch.tensor(np.stack(targets))
         return {**inputs, "targets": target, "visual": inputs["input_ids"] == policy.image_token_id}
+    # FAST targets differ in length: each row's are followed by padding, which is masked out of the
+    # attention and the loss; it comes after the row's targets, so no target's logits depend on it
+    longest = max(len(t) for t in targets)
+    target = torch.full((len(targets), longest), policy.tokenizer.pad_token_id, dtype=torch.long)
+    real = torch.zeros(len(targets), longest, dtype=torch.long)
+    for row, t in enumerate(targets):
+        target[row, : len(t)] = torch.as_tensor(t)
+        real[row, : len(t)] = 1
     prompt_len = inputs["input_ids"].shape[1]
     input_ids = torch.cat([inputs["input_ids"], target], dim=1)
-    attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(target)], dim=1)
+    attention_mask = torch.cat([inputs["attention_mask"], real], dim=1)
     labels = torch.full_like(input_ids, -100)
-    labels[:, prompt_len:] = target
+    labels[:, prompt_len:] = target.masked_fill(real == 0, -100)
     visual = inputs["input_ids"] == policy.image_token_id  # prompt only: the future ends at the prompt
     return {
         "input_ids": input_ids,
@@ -117,9 +125,9 @@ def random_shift(
 def forward_loss(policy: VLAPolicy, batch: dict, spec: FutureMaskSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and per-sample exact-match of the greedy action tokens (constrained to the action range)."""
     context = FutureAttention(spec, batch["visual"])
-    n = policy.actions.tokens_per_call
     lo, hi = policy.actions.token_range()
     if policy.parallel:  # action token j is read off placeholder j, the last n positions
+        n = policy.actions.tokens_per_call
         out = policy.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -138,8 +146,10 @@ def forward_loss(policy: VLAPolicy, batch: dict, spec: FutureMaskSpec) -> tuple[
         labels=batch["labels"],
         future_attention=context,
     )
-    predicted = out.logits[:, -n - 1 : -1, lo:hi].argmax(-1) + lo
-    correct = (predicted == batch["labels"][:, -n:]).all(-1)
+    # each position predicts the next one's label; a row is correct when every target token is
+    predicted = out.logits[:, :-1, lo:hi].argmax(-1) + lo
+    labels = batch["labels"][:, 1:]
+    correct = ((predicted == labels) | (labels == -100)).all(-1)
     return out.loss, correct
 
 

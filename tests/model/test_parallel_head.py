@@ -6,69 +6,17 @@ import numpy as np
 import pytest
 import torch
 from paths import REPO
+from policy_cases import CAMERAS, INSTRUCTION, episodes, observation, tiny_libero_policy
 
 from fm_agent.attention import ALL_SPEC_LABELS, FutureAttention, FutureMaskSpec
 from fm_agent.data.episodes import EpisodeArrays, Sample, all_samples
-from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
+from fm_agent.model import ActionTokenizer, Observation, VLAConfig, VLAPolicy
 from fm_agent.training.loop import TrainSettings, forward_loss, make_batch, train
-
-TINY = BackboneShape(
-    hidden=32,
-    layers=2,
-    heads=4,
-    kv_heads=2,
-    intermediate=64,
-    vision_hidden=16,
-    vision_layers=1,
-    vision_heads=2,
-    patch_size=8,
-)
-INSTRUCTION = "pick up the black bowl and place it on the plate"
-CAMERAS = ["agentview", "wrist"]
 
 
 def parallel_policy(chunk: int = 3, seed: int = 0, head: str = "parallel") -> VLAPolicy:
     rng = np.random.default_rng(seed)
-    tokenizer = ActionTokenizer.fit(rng.uniform(-1, 1, (500, 7)), bins=32, chunk=chunk)
-    config = VLAConfig(
-        env_family="libero",
-        cameras=CAMERAS,
-        image_size=16,
-        history=2,
-        action_tokenizer=tokenizer.to_dict(),
-        proprio_dim=8,
-        proprio_bins=8,
-        proprio_low=[-1.0] * 8,
-        proprio_high=[1.0] * 8,
-        backbone=TINY,
-        action_head=head,
-    )
-    policy = VLAPolicy.create(config, [INSTRUCTION], seed=seed)
-    with torch.no_grad():  # sharper random weights, so that masks and inputs visibly change the actions
-        for parameter in policy.model.model.language_model.parameters():
-            if parameter.dim() == 2:
-                parameter.mul_(8.0)
-    return policy
-
-
-def observation(seed: int = 0, proprio: float = 0.1) -> Observation:
-    rng = np.random.default_rng(seed)
-    frames = [{c: rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for c in CAMERAS} for _ in range(2)]
-    return Observation(frames, INSTRUCTION, np.full(8, proprio))
-
-
-def episodes(n: int = 3, steps: int = 12, seed: int = 0) -> list[EpisodeArrays]:
-    rng = np.random.default_rng(seed)
-    return [
-        EpisodeArrays(
-            INSTRUCTION,
-            {c: rng.integers(0, 256, (steps, 16, 16, 3), dtype=np.uint8) for c in CAMERAS},
-            rng.uniform(-1, 1, (steps, 8)).astype(np.float32),
-            rng.uniform(-1, 1, (steps, 7)).astype(np.float32),
-            {},
-        )
-        for _ in range(n)
-    ]
+    return tiny_libero_policy(ActionTokenizer.fit(rng.uniform(-1, 1, (500, 7)), bins=32, chunk=chunk), head, seed)
 
 
 def count_decoder_calls(policy: VLAPolicy) -> list[int]:

@@ -1,0 +1,38 @@
+"""``fm-agent train --action-encoding fast`` end to end: episodes in the recorded format in, a FAST policy
+out that loads (with its validation step) and acts."""
+
+from __future__ import annotations
+
+import numpy as np
+from policy_cases import CAMERAS, INSTRUCTION, observation
+
+from envs.recording import Episode, episode_path, write_episode
+from fm_agent.cli import main
+from fm_agent.model import VLAPolicy
+
+
+def write_demos(folder, episodes: int = 3, steps: int = 20) -> None:
+    """LIBERO-shaped episodes (two 16-pixel cameras, 8 proprio dims, 7-dim actions of slow motion)."""
+    rng = np.random.default_rng(0)
+    for index in range(episodes):
+        actions = np.clip(np.cumsum(rng.normal(0, 0.05, (steps, 7)), axis=0), -1, 1).astype(np.float32)
+        observations = {c: rng.integers(0, 256, (steps, 16, 16, 3), dtype=np.uint8) for c in CAMERAS}
+        observations["proprio"] = rng.uniform(-1, 1, (steps, 8)).astype(np.float32)
+        episode = Episode("libero:libero_spatial/0", index, index, index, INSTRUCTION, observations, actions,
+                          np.zeros(steps), True, "synthetic")  # fmt: skip
+        write_episode(episode_path(folder, episode.env, index), episode)
+
+
+def test_train_with_the_fast_encoding_gives_a_policy_that_loads_and_acts(tmp_path) -> None:
+    write_demos(tmp_path / "demos")
+    out = tmp_path / "ckpt"
+    argv = ["train", "--preset", "libero", "--data", str(tmp_path / "demos"), "--out", str(out), "--image-size", "16"]
+    argv += ["--patch", "8", "--hidden", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--steps", "3"]
+    argv += ["--batch-size", "4", "--validate-every", "3", "--val-fraction", "0.34", "--threads", "1", "--fresh"]
+    assert main([*argv, "--action-encoding", "fast", "--fast-vocab", "64"]) == 0
+    policy = VLAPolicy.from_pretrained(out)
+    actions = policy.actions
+    assert actions.encoding == "fast" and actions.variable_length and actions.bins <= 64
+    assert policy.config.training["val_loss"] is not None
+    result = policy.predict([observation()])[0]
+    assert result.actions.shape == (4, 7) and 1 <= len(result.tokens) <= 28
