@@ -1,14 +1,12 @@
-"""Would a FAST-style action tokenizer shorten LIBERO's action chunks? A measurement, not a model option.
+"""How much does the FAST action encoding shorten LIBERO's action chunks, and at what error?
 
-The shipped LIBERO policy spends one cached decode step per action token: 7 dimensions x chunk
-tokens per call (28 at chunk 4), and decoding is most of a control step (docs/latency.md). FAST
-(the pi0-FAST / NORA action format) compresses a chunk instead: each dimension's normalised
-trajectory over the chunk goes through a DCT, the coefficients are scaled and rounded, flattened
-lowest frequency first, and byte-pair encoding (fitted on the demonstrations, here with
-``tokenizers``) merges frequent runs into single tokens. This script fits that tokenizer on the
-chunks of a set of recorded episodes and reports, on episodes it was not fitted on, the tokens per
-chunk and the reconstruction error, beside the per-dimension binning the checkpoints use, for
-several chunk lengths.
+The binned LIBERO policies spend one decoded token per dimension per action (28 at chunk 4), and
+decoding is most of an autoregressive control step (docs/latency.md). FAST (the pi0-FAST / NORA
+action format, ``fm-agent train --action-encoding fast``, fm_agent/model/fast_actions.py) compresses
+a chunk instead: a per-dimension DCT over the chunk, rounding, and BPE fitted on the demonstrations.
+This script fits that encoding on the chunks of some recorded episodes and reports, on episodes it was
+not fitted on, the tokens per chunk and the reconstruction error, beside per-dimension binning, for
+several chunk lengths and scales.
 
     python launch/fast_tokens.py --data runs/heads_demos --chunks 4 8 16 --scales 5 10 20 --out docs/results/fast_tokens.json
 """
@@ -20,13 +18,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.fft import dct, idct
-from tokenizers import Tokenizer, models, trainers
 
 from fm_agent.data.episodes import load_episodes
 from fm_agent.model.action_tokenizer import ActionTokenizer
-
-FIRST_CHAR = 0x100  # quantised coefficient q is the character FIRST_CHAR + q - lowest (printable, no whitespace)
 
 
 def executed_chunks(actions: list[np.ndarray], chunk: int) -> np.ndarray:
@@ -37,42 +31,15 @@ def executed_chunks(actions: list[np.ndarray], chunk: int) -> np.ndarray:
     )
 
 
-def coefficients(chunks: np.ndarray, binning: ActionTokenizer, scale: float) -> np.ndarray:
-    """(N, C, D) actions -> (N, C * D) rounded DCT coefficients, lowest frequency first across dimensions."""
-    low, high = np.asarray(binning.low), np.asarray(binning.high)
-    unit = np.clip(2 * (chunks - low) / (high - low) - 1, -1, 1)
-    return np.rint(dct(unit, axis=1, norm="ortho") * scale).astype(np.int64).reshape(len(chunks), -1)
-
-
-def reconstruct(quantised: np.ndarray, binning: ActionTokenizer, chunk: int, scale: float) -> np.ndarray:
-    low, high = np.asarray(binning.low), np.asarray(binning.high)
-    unit = idct(quantised.reshape(len(quantised), chunk, -1) / scale, axis=1, norm="ortho")
-    return np.clip((unit + 1) / 2 * (high - low) + low, binning.clip_low, binning.clip_high)
-
-
-def as_text(quantised: np.ndarray, lowest: int) -> list[str]:
-    return ["".join(chr(FIRST_CHAR + int(q) - lowest) for q in row) for row in quantised]
-
-
-def fit_bpe(texts: list[str], alphabet: list[str], vocab: int) -> Tokenizer:
-    tokenizer = Tokenizer(models.BPE())  # no pre-tokenizer: each chunk is one word, merges may span dimensions
-    trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=alphabet, show_progress=False, min_frequency=2)
-    tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer
-
-
 def measure(train: list[np.ndarray], test: list[np.ndarray], chunk: int, scale: float, vocab: int) -> dict:
-    binning = ActionTokenizer.fit(np.concatenate(train), bins=256, chunk=chunk)
-    train_q = coefficients(executed_chunks(train, chunk), binning, scale)
+    actions = np.concatenate(train)
+    binning = ActionTokenizer.fit(actions, bins=256, chunk=chunk)
+    fast = ActionTokenizer.fit_fast(actions, executed_chunks(train, chunk), scale=scale, vocab=vocab)
     test_chunks = executed_chunks(test, chunk)
-    test_q = coefficients(test_chunks, binning, scale)
-    lowest = int(min(train_q.min(), test_q.min()))
-    highest = int(max(train_q.max(), test_q.max()))
-    alphabet = [chr(FIRST_CHAR + q - lowest) for q in range(lowest, highest + 1)]
-    tokenizer = fit_bpe(as_text(train_q, lowest), alphabet, vocab)
-    lengths = np.array([len(tokenizer.encode(text).ids) for text in as_text(test_q, lowest)])
-    fast_error = np.abs(reconstruct(test_q, binning, chunk, scale) - test_chunks)
-    binned = binning.decode(binning.encode(test_chunks.reshape(-1, test_chunks.shape[-1]))).reshape(test_chunks.shape)
+    encoded = [fast.encode(c) for c in test_chunks]
+    lengths = np.array([len(ids) for ids in encoded])
+    fast_error = np.abs(np.stack([fast.decode(ids) for ids in encoded]) - test_chunks)
+    binned = np.stack([binning.decode(binning.encode(c)) for c in test_chunks])
     bin_error = np.abs(binned - test_chunks)
     return {
         "chunk": chunk,
@@ -82,7 +49,7 @@ def measure(train: list[np.ndarray], test: list[np.ndarray], chunk: int, scale: 
         "fast_tokens_per_chunk_p95": float(np.percentile(lengths, 95)),
         "fast_tokens_per_chunk_max": int(lengths.max()),
         "compression": binning.tokens_per_call / float(lengths.mean()),
-        "fast_vocab": tokenizer.get_vocab_size(),
+        "fast_vocab": fast.bins,
         "fast_mean_abs_error": float(fast_error.mean()),
         "fast_max_abs_error": float(fast_error.max()),
         "binning_mean_abs_error": float(bin_error.mean()),

@@ -6,6 +6,10 @@ same data), loaded as the server loads them, on one steady-state observation eac
 frame but the newest already encoded). Calls are interleaved across checkpoints, one intra-op thread
 by default; medians are printed and, with --out, written as JSON.
 
+With ``--data`` each repetition's observation is a different recorded one (all checkpoints see the same
+one), not random frames: a FAST policy decodes as many tokens as the chunk it predicts needs, so its
+step is only honest on what it meets when deployed; tokens per step are reported as a mean.
+
     python launch/time_checkpoints.py runs/libero_head_autoregressive runs/libero_head_parallel --repetitions 30
 """
 
@@ -20,8 +24,22 @@ import numpy as np
 import torch
 
 from fm_agent.attention import FutureMaskSpec
-from fm_agent.model import VLAPolicy
+from fm_agent.data.episodes import EpisodeArrays, history_frames, load_episodes
+from fm_agent.model import Observation, VLAPolicy
 from fm_agent.profiling.step import time_step_parts
+
+
+def recorded_observations(episodes: list[EpisodeArrays], policy: VLAPolicy, count: int) -> list[Observation]:
+    """``count`` observations drawn (seeded) from recorded episodes, as ``policy`` would be sent them."""
+    rng = np.random.default_rng(0)
+    config, picked = policy.config, []
+    for _ in range(count):
+        episode = episodes[rng.integers(len(episodes))]
+        step = int(rng.integers(len(episode.actions))) // config.history_stride * config.history_stride
+        proprio = episode.proprio[step] if config.proprio_dim and episode.proprio is not None else None
+        frames = history_frames(episode, step, config.history, config.history_stride)
+        picked.append(Observation(frames, episode.instruction, proprio))
+    return picked
 
 
 def main() -> None:
@@ -33,6 +51,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the medians")
+    parser.add_argument("--data", type=Path, default=None, help="recorded episodes to take the observations from")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     policies = [VLAPolicy.from_pretrained(folder) for folder in args.checkpoints]
@@ -41,29 +60,35 @@ def main() -> None:
         if policy.config.cameras != reference.config.cameras or policy.config.image_size != reference.config.image_size:
             parser.error(f"{folder}: other cameras or image size than the first")
         time_step_parts(policy, reference, spec)  # warm-up
+    observed: list[list[Observation | None]] = [[None] * args.repetitions for _ in policies]
+    if args.data is not None:
+        episodes = load_episodes(args.data, reference.config.cameras)
+        observed = [recorded_observations(episodes, policy, args.repetitions) for policy in policies]
     samples: list[list[dict[str, float]]] = [[] for _ in policies]
-    for _ in range(args.repetitions):
-        for runs, policy in zip(samples, policies):
-            runs.append(time_step_parts(policy, reference, spec))
+    for rep in range(args.repetitions):
+        for runs, policy, observations in zip(samples, policies, observed):
+            runs.append(time_step_parts(policy, reference, spec, observations[rep]))
     rows = []
     for folder, policy, runs in zip(args.checkpoints, policies, samples):
-        median = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
+        median = {name: float(np.median([r[name] for r in runs])) for name in runs[0] if name != "tokens"}
         actions = policy.actions
         rows.append(
             {
                 "checkpoint": str(folder),
                 "action_head": policy.config.action_head,
+                "action_encoding": actions.encoding,
                 "tokens_per_call": actions.tokens_per_call,
+                "tokens_mean": float(np.mean([r["tokens"] for r in runs])),
                 **median,
                 "step_over_forward": median["step_ms"] / median["forward_ms"],
             }
         )
     print(
-        f"{'checkpoint':40} {'head':15} {'tokens':>6} {'step ms':>8} {'prefill':>8} {'decode':>7} {'forward':>8} {'step/fwd':>8}"
+        f"{'checkpoint':40} {'head':15} {'enc':>4} {'tokens':>6} {'step ms':>8} {'prefill':>8} {'decode':>7} {'forward':>8} {'step/fwd':>8}"
     )
     for r in rows:
         print(
-            f"{r['checkpoint']:40} {r['action_head']:15} {r['tokens_per_call']:>6} {r['step_ms']:8.1f} "
+            f"{r['checkpoint']:40} {r['action_head']:15} {r['action_encoding']:>4} {r['tokens_mean']:6.1f} {r['step_ms']:8.1f} "
             f"{r['prefill_ms']:8.1f} {r['decode_ms']:7.1f} {r['forward_ms']:8.1f} {r['step_over_forward']:8.2f}"
         )
     if args.out is not None:
@@ -72,6 +97,7 @@ def main() -> None:
             "mask": args.mask,
             "threads": args.threads,
             "repetitions": args.repetitions,
+            "observations": str(args.data) if args.data is not None else "random frames",
             "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "rows": rows,

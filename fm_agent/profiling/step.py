@@ -91,10 +91,17 @@ def _steady(policy: VLAPolicy, observation: Observation) -> Observation:
 
 
 @torch.no_grad()
-def time_step_parts(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec) -> dict[str, float]:
+def time_step_parts(
+    policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec, observation: Observation | None = None
+) -> dict[str, float]:
     """One steady-state ``predict`` of ``policy`` (step, prefill, decode), one forward of ``reference``
-    over its own prompt, and the vision tower over the step's images; milliseconds."""
-    observation = _steady(policy, _observation(policy)) if policy.reuse_vision else _observation(policy)
+    over its own prompt, and the vision tower over the step's images; milliseconds, and the action
+    tokens the step decoded (fewer than the chunk's bins with the FAST encoding).
+
+    ``observation`` (default: random frames) matters where the step's length depends on what the
+    policy sees: a FAST policy decodes as many tokens as the chunk it predicts needs."""
+    observation = observation or _observation(policy)
+    observation = _steady(policy, observation) if policy.reuse_vision else observation
     start = time.perf_counter()
     result = policy.predict([observation], spec)[0]
     step = (time.perf_counter() - start) * 1e3
@@ -111,6 +118,7 @@ def time_step_parts(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpe
         "vision_ms": vision,
         "prefill_ms": result.timings_ms["prefill_ms"],
         "decode_ms": result.timings_ms["decode_ms"],
+        "tokens": float(len(result.tokens)),
     }
 
 
@@ -140,8 +148,8 @@ def run_step_profile(
             progress(rep + 1, repetitions)
     rows: list[dict] = []
     shipped: list[dict] = []
-    for (chunk, head, label), runs in samples.items():
-        median = {name: float(np.median([r[name] for r in runs])) for name in runs[0]}
+    for (chunk, head, label), runs in samples.items():  # binned actions: the tokens are the chunk's, 7 per action
+        median = {name: float(np.median([r[name] for r in runs])) for name in runs[0] if name != "tokens"}
         actions = shipped_chunk if chunk == "shipped" else int(chunk)
         row = {
             "chunk": actions,

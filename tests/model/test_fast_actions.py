@@ -254,3 +254,12 @@ def test_train_refuses_fast_where_it_cannot_work(tmp_path) -> None:
     with pytest.raises(ConfigError, match="fast-scale"):
         config(action_encoding="fast", fast_scale=0.0).validate()
     config(action_encoding="fast").validate()
+
+
+def test_the_step_profile_counts_the_tokens_a_fast_step_decodes() -> None:
+    from fm_agent.profiling.step import time_step_parts
+
+    policy = fast_policy()
+    parts = time_step_parts(policy, policy, FutureMaskSpec(), observation(1))
+    assert parts["tokens"] == len(policy.predict([observation(1)])[0].tokens) < CHUNK * DIMS
+    assert parts["step_ms"] > 0 and parts["forward_ms"] > 0

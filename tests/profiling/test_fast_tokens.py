@@ -1,5 +1,5 @@
 """launch/fast_tokens.py measures what a FAST-style tokenizer would do to action chunks: check its arithmetic
-on trajectories whose answer is known (smooth ones compress, the DCT round trip is faithful)."""
+on trajectories whose answer is known (smooth ones compress, the error stays within a bin)."""
 
 from __future__ import annotations
 
@@ -40,15 +40,11 @@ def test_smooth_chunks_compress_and_reconstruct_within_a_bin() -> None:
     assert row["fast_mean_abs_error"] < 2 / 256, "finer than one 256-bin step on [-1, 1]"
 
 
-def test_unquantised_dct_round_trip_is_exact() -> None:
+def test_executed_chunks_are_the_chunks_a_client_runs() -> None:
     fast_tokens = load_script()
-    from fm_agent.model.action_tokenizer import ActionTokenizer
-
     actions = smooth_episodes(3, 2)
-    binning = ActionTokenizer.fit(np.concatenate(actions), chunk=4)
     chunks = fast_tokens.executed_chunks(actions, 4)
     assert chunks.shape[1:] == (4, 7) and len(chunks) == sum(-(-len(a) // 4) for a in actions)
-    scale = 1e6  # rounding at 1e-6: the DCT itself must be lossless
-    back = fast_tokens.reconstruct(fast_tokens.coefficients(chunks, binning, scale), binning, 4, scale)
-    inside = (chunks >= np.asarray(binning.low)) & (chunks <= np.asarray(binning.high))
-    np.testing.assert_allclose(back[inside], chunks[inside], atol=1e-4)
+    np.testing.assert_array_equal(chunks[0], actions[0][:4])
+    first_episode = -(-len(actions[0]) // 4)  # its chunks come first; the last one ends on its final action
+    np.testing.assert_array_equal(chunks[first_episode - 1][-1], actions[0][-1])
