@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from serving_helpers import INSTRUCTION, TINY
 
 from fm_agent.data.episodes import EpisodeArrays
-from fm_agent.model import ActionTokenizer, Observation, VLAConfig, VLAPolicy
+from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
 
+TINY = BackboneShape(
+    hidden=32,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=64,
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=2,
+    patch_size=8,
+)
+INSTRUCTION = "pick up the black bowl and place it on the plate"
 CAMERAS = ["agentview", "wrist"]
 
 

@@ -5,46 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
+from policy_cases import INSTRUCTION, TINY, tiny_libero_policy
 
-from fm_agent.model import ActionTokenizer, BackboneShape, VLAConfig, VLAPolicy
+from fm_agent.model import ActionTokenizer, VLAPolicy
 from fm_agent.serving.local import LocalServer
 
-TINY = BackboneShape(
-    hidden=32,
-    layers=2,
-    heads=4,
-    kv_heads=2,
-    intermediate=64,
-    vision_hidden=16,
-    vision_layers=1,
-    vision_heads=2,
-    patch_size=8,
-)
-INSTRUCTION = "pick up the black bowl and place it on the plate"
+__all__ = ["INSTRUCTION", "TINY", "InProcessServer", "frame", "start_server", "tiny_checkpoint"]
 
 
 def tiny_checkpoint(folder: Path) -> Path:
     rng = np.random.default_rng(0)
-    tokenizer = ActionTokenizer.fit(rng.uniform(-1, 1, (500, 7)), bins=32, chunk=2)
-    config = VLAConfig(
-        env_family="libero",
-        cameras=["agentview", "wrist"],
-        image_size=16,
-        history=2,
-        action_tokenizer=tokenizer.to_dict(),
-        proprio_dim=8,
-        proprio_bins=8,
-        proprio_low=[-1.0] * 8,
-        proprio_high=[1.0] * 8,
-        backbone=TINY,
-    )
-    policy = VLAPolicy.create(config, [INSTRUCTION], seed=0)
-    with torch.no_grad():  # sharper random weights, so that different masks lead to different actions
-        for parameter in policy.model.model.language_model.parameters():
-            if parameter.dim() == 2:
-                parameter.mul_(8.0)
-    policy.save_pretrained(folder)
+    tiny_libero_policy(ActionTokenizer.fit(rng.uniform(-1, 1, (500, 7)), bins=32, chunk=2)).save_pretrained(folder)
     return folder
 
 

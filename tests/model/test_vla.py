@@ -8,24 +8,14 @@ import numpy as np
 import pytest
 import torch
 from paths import REPO
+from policy_cases import TINY
 
 from fm_agent.attention import ALL_SPEC_LABELS, FutureMaskSpec
 from fm_agent.data.episodes import EpisodeArrays
-from fm_agent.model import ActionTokenizer, BackboneShape, Observation, VLAConfig, VLAPolicy
+from fm_agent.model import ActionTokenizer, Observation, VLAConfig, VLAPolicy
 from fm_agent.model.history import padded
 from fm_agent.training.loop import TrainSettings, forward_loss, make_batch, train
 
-TINY = BackboneShape(
-    hidden=32,
-    layers=2,
-    heads=4,
-    kv_heads=2,
-    intermediate=64,
-    vision_hidden=16,
-    vision_layers=1,
-    vision_heads=2,
-    patch_size=8,
-)
 INSTRUCTIONS = ["pick up the black bowl and place it on the plate", "go to the red ball, then open a door"]
 
 
