@@ -68,6 +68,15 @@ def build_policy(
     return VLAPolicy.create(vla, instructions, seed=config.seed)
 
 
+def validation_split(count: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of the validation and training episodes among ``count`` loaded ones (``load_episodes``
+    order): the split ``fm-agent train`` makes, so a later measurement can find its held-out episodes."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(count * val_fraction))
+    return order[:n_val], order[n_val:]
+
+
 def kept_validation(log: TrainLog) -> dict:
     """The validation figures of the weights that are saved: the kept step's with --keep-best, else the last."""
     if not log.val_loss:
@@ -83,13 +92,11 @@ def run_train(config: TrainConfig, command: str = "") -> int:
     episodes = [e for folder in config.data for e in load_episodes(folder, list(preset.cameras), config.max_episodes)][
         : config.max_episodes
     ]
-    order = list(range(len(episodes)))
-    random.Random(config.seed).shuffle(order)
-    n_val = max(1, int(len(order) * config.val_fraction))
-    val_eps = [episodes[i] for i in order[:n_val]]
-    train_eps = [episodes[i] for i in order[n_val:]]
+    val_index, train_index = validation_split(len(episodes), config.val_fraction, config.seed)
+    val_eps = [episodes[i] for i in val_index]
+    train_eps = [episodes[i] for i in train_index]
     if not train_eps:
-        raise ConfigError(f"{len(episodes)} episode(s) leave none for training beside {n_val} for validation")
+        raise ConfigError(f"{len(episodes)} episode(s) leave none for training beside {len(val_eps)} for validation")
     if config.init is not None:
         policy = VLAPolicy.from_pretrained(config.init)
         if policy.config.env_family != config.preset:
@@ -141,6 +148,7 @@ def run_train(config: TrainConfig, command: str = "") -> int:
         "command": command,
         "data": " ".join(map(str, config.data)),
         "episodes": len(episodes),
+        "validation": {"val_fraction": config.val_fraction, "seed": config.seed, "episodes": len(val_eps)},
         "envs": sorted({env for folder in config.data for env in recorded_envs(folder)}),
         "init": str(config.init) if config.init else None,
         **({"init_training": earlier} if earlier else {}),

@@ -3,7 +3,12 @@ out that loads (with its validation step) and acts."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
+from paths import REPO
 from policy_cases import CAMERAS, INSTRUCTION, observation
 
 from envs.recording import Episode, episode_path, write_episode
@@ -36,3 +41,15 @@ def test_train_with_the_fast_encoding_gives_a_policy_that_loads_and_acts(tmp_pat
     assert policy.config.training["val_loss"] is not None
     result = policy.predict([observation()])[0]
     assert result.actions.shape == (4, 7) and 1 <= len(result.tokens) <= 28
+    assert policy.config.training["validation"] == {"val_fraction": 0.34, "seed": 0, "episodes": 1}
+
+    # the action-error measurement finds the same held-out episode and decodes the way the server does
+    report = tmp_path / "error.json"
+    command = [sys.executable, str(REPO / "launch" / "action_error.py"), str(out), "--data", str(tmp_path / "demos")]
+    done = subprocess.run([*command, "--out", str(report)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads(report.read_text())["rows"]
+    assert (
+        row["action_encoding"] == "fast" and row["chunks"] == 20
+    )  # one per step of the held-out episode (rendered every step)
+    assert 0 < row["arm_mean_abs_error"] < 2 and 0 <= row["gripper_sign_wrong"] <= 1 and 1 <= row["tokens_mean"] <= 28
