@@ -26,9 +26,10 @@ import torch
 from tqdm import tqdm
 
 from fm_agent.attention import FutureMaskSpec
-from fm_agent.data.episodes import action_chunk, all_samples, history_frames, load_episodes
-from fm_agent.model import Observation, VLAPolicy
+from fm_agent.data.episodes import action_chunk, all_samples, load_episodes
+from fm_agent.model import VLAPolicy
 from fm_agent.training.jobs import validation_split
+from fm_agent.training.loop import recorded_observation
 
 
 def main() -> None:
@@ -72,9 +73,7 @@ def main() -> None:
         samples = all_samples(episodes, config.history_stride)
         for sample in tqdm(samples, desc=folder.name, leave=False):
             e = episodes[sample.episode]
-            frames = history_frames(e, sample.step, config.history, config.history_stride)
-            proprio = e.proprio[sample.step] if config.proprio_dim and e.proprio is not None else None
-            result = policy.predict([Observation(frames, e.instruction, proprio)], spec)[0]
+            result = policy.predict([recorded_observation(config, e, sample.step)], spec)[0]
             target = action_chunk(e, sample.step, policy.actions.chunk)
             arm.append(float(np.abs(result.actions[:, :6] - target[:, :6]).mean()))
             gripper.append(float(np.mean(np.sign(result.actions[:, 6]) != np.sign(target[:, 6]))))

@@ -24,21 +24,20 @@ import numpy as np
 import torch
 
 from fm_agent.attention import FutureMaskSpec
-from fm_agent.data.episodes import EpisodeArrays, history_frames, load_episodes
+from fm_agent.data.episodes import EpisodeArrays, load_episodes
 from fm_agent.model import Observation, VLAPolicy
 from fm_agent.profiling.step import time_step_parts
+from fm_agent.training.loop import recorded_observation
 
 
 def recorded_observations(episodes: list[EpisodeArrays], policy: VLAPolicy, count: int) -> list[Observation]:
     """``count`` observations drawn (seeded) from recorded episodes, as ``policy`` would be sent them."""
     rng = np.random.default_rng(0)
-    config, picked = policy.config, []
+    stride, picked = policy.config.history_stride, []
     for _ in range(count):
         episode = episodes[rng.integers(len(episodes))]
-        step = int(rng.integers(len(episode.actions))) // config.history_stride * config.history_stride
-        proprio = episode.proprio[step] if config.proprio_dim and episode.proprio is not None else None
-        frames = history_frames(episode, step, config.history, config.history_stride)
-        picked.append(Observation(frames, episode.instruction, proprio))
+        step = int(rng.integers(len(episode.actions))) // stride * stride
+        picked.append(recorded_observation(policy.config, episode, step))
     return picked
 
 

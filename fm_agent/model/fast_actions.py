@@ -40,12 +40,12 @@ def coefficient_limit(chunk: int, scale: float) -> int:
     return math.ceil(scale * math.sqrt(chunk))
 
 
-def quantise(unit: np.ndarray, scale: float) -> np.ndarray:
-    """(C, D) values in [-1, 1] -> (C * D,) rounded DCT coefficients, lowest frequency first."""
-    unit = np.clip(np.asarray(unit, dtype=np.float64), -1, 1)
-    chunk = unit.shape[0]
-    limit = coefficient_limit(chunk, scale)
-    return np.clip(np.rint(dct_matrix(chunk) @ unit * scale), -limit, limit).astype(np.int64).reshape(-1)
+def quantise(unit: np.ndarray, scale: float, dct: np.ndarray) -> np.ndarray:
+    """(C, D) values in [-1, 1] -> (C * D,) rounded DCT coefficients, lowest frequency first
+    (``dct``: ``dct_matrix(C)``, built once by the caller)."""
+    limit = coefficient_limit(len(dct), scale)
+    coefficients = dct @ np.clip(np.asarray(unit, dtype=np.float64), -1, 1)
+    return np.clip(np.rint(coefficients * scale), -limit, limit).astype(np.int64).reshape(-1)
 
 
 def as_text(quantised: np.ndarray, limit: int) -> str:
@@ -69,7 +69,8 @@ class FastCodec:
         alphabet = [chr(FIRST_CHAR + q + limit) for q in range(-limit, limit + 1)]
         tokenizer = Tokenizer(models.BPE())
         trainer = trainers.BpeTrainer(vocab_size=vocab, initial_alphabet=alphabet, show_progress=False, min_frequency=2)
-        tokenizer.train_from_iterator([as_text(quantise(c, scale), limit) for c in chunks], trainer)
+        dct = dct_matrix(chunk)
+        tokenizer.train_from_iterator([as_text(quantise(c, scale, dct), limit) for c in chunks], trainer)
         return cls(chunk, dims, scale, tokenizer.to_str())
 
     @property
@@ -99,7 +100,7 @@ class FastCodec:
 
     def encode(self, unit: np.ndarray) -> np.ndarray:
         """(C, D) normalised chunk -> token indices (variable length, at most C * D)."""
-        text = as_text(quantise(np.reshape(unit, (self.chunk, self.dims)), self.scale), self.limit)
+        text = as_text(quantise(np.reshape(unit, (self.chunk, self.dims)), self.scale, self._dct), self.limit)
         return np.asarray(self.tokenizer.encode(text).ids, dtype=np.int64)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:

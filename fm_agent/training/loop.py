@@ -21,7 +21,7 @@ import torch
 
 from ..attention import FutureAttention, FutureMaskSpec
 from ..data.episodes import EpisodeArrays, Sample, action_chunk, all_samples, history_frames
-from ..model import Observation, VLAPolicy
+from ..model import Observation, VLAConfig, VLAPolicy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -57,18 +57,23 @@ class TrainLog:
     kept_step: int | None = None  # with keep_best: the validation step whose weights the policy ends with
 
 
+def recorded_observation(config: VLAConfig, episode: EpisodeArrays, step: int) -> Observation:
+    """What a policy of ``config`` is sent at ``step`` of a recorded episode: its history frames
+    (``history_stride`` apart), the instruction, and the proprio when the policy reads it."""
+    proprio = episode.proprio[step] if config.proprio_dim and episode.proprio is not None else None
+    frames = history_frames(episode, step, config.history, config.history_stride)
+    return Observation(frames, episode.instruction, proprio)
+
+
 def make_batch(policy: VLAPolicy, episodes: Sequence[EpisodeArrays], samples: Sequence[Sample]) -> dict:
     """Autoregressive head: prompt + target action tokens, labels -100 except on the targets (teacher
     forcing). Parallel head: the prompt alone (it ends in the placeholders), and ``targets``; the
     targets never enter the input."""
-    cfg, actions = policy.config, policy.actions
+    actions = policy.actions
     observations, targets = [], []
     for s in samples:
         e = episodes[s.episode]
-        proprio = e.proprio[s.step] if cfg.proprio_dim and e.proprio is not None else None
-        observations.append(
-            Observation(history_frames(e, s.step, cfg.history, cfg.history_stride), e.instruction, proprio)
-        )
+        observations.append(recorded_observation(policy.config, e, s.step))
         targets.append(actions.encode(action_chunk(e, s.step, actions.chunk)))
     inputs = policy.encode(observations)
     if policy.parallel:
