@@ -1,4 +1,4 @@
-"""One cached decode step of a LLaVA-family model with a Llama text model, without the module stack.
+"""One cached decode step of a Llama decoder (alone or in a LLaVA-family model), without the module stack.
 
 Why: a decode step of a small policy is dominated by Python, not arithmetic. The shipped LIBERO
 policy spends about 2 ms per token, of which about a third is matrix products; the rest is
@@ -41,6 +41,15 @@ from transformers.models.llama.modeling_llama import LlamaModel, LlamaRMSNorm, a
 from .interface import SDPA_IMPLEMENTATION
 
 
+def text_model(model: Any) -> Any:
+    """The decoder stack of a causal LM (``LlamaForCausalLM.model``) or of a LLaVA-family VLM
+    (``model.model.language_model``); None for anything else."""
+    inner = getattr(model, "model", None)
+    if isinstance(inner, LlamaModel):
+        return inner
+    return getattr(inner, "language_model", None)
+
+
 def _rms_norm(norm: LlamaRMSNorm, hidden: torch.Tensor) -> torch.Tensor:
     """``LlamaRMSNorm.forward``, op for op."""
     dtype = hidden.dtype
@@ -57,7 +66,7 @@ class FastDecoder:
         if not self.supports(model):
             raise ValueError(f"{type(model).__name__} has no Llama text model under SDPA; use the reference decode")
         self.model = model
-        self.text: LlamaModel = model.model.language_model
+        self.text: LlamaModel = text_model(model)
         self.lm_head: torch.nn.Linear = model.lm_head
         self.layers = list(self.text.layers)
         self.compiled = compile
@@ -69,7 +78,7 @@ class FastDecoder:
 
     @staticmethod
     def supports(model: Any) -> bool:
-        text = getattr(getattr(model, "model", None), "language_model", None)
+        text = text_model(model)
         return (
             isinstance(text, LlamaModel)
             and isinstance(getattr(model, "lm_head", None), torch.nn.Linear)
@@ -113,9 +122,14 @@ class FastDecoder:
         mask: torch.Tensor | None,
         past_keys: list[torch.Tensor],
         past_values: list[torch.Tensor],
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The decoder on plain tensors (so ``torch.compile`` sees no cache object): logits, and each
-        layer's keys and values with the new position appended."""
+        layer's keys and values with the new position appended.
+
+        With ``cache_position`` the past tensors are fixed-capacity buffers (``static_decode``): the new
+        keys and values are written into them in place at that position and attention reads the whole
+        buffer, the mask hiding what is not yet written."""
         text = self.text
         cos, sin = text.rotary_emb(hidden, position_ids=position_ids)
         batch, length = hidden.shape[:2]
@@ -129,7 +143,11 @@ class FastDecoder:
             key = F.linear(hidden, attention.k_proj.weight, attention.k_proj.bias).view(shape).transpose(1, 2)
             value = F.linear(hidden, attention.v_proj.weight, attention.v_proj.bias).view(shape).transpose(1, 2)
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
+            if cache_position is None:
+                key, value = torch.cat([past_key, key], dim=-2), torch.cat([past_value, value], dim=-2)
+            else:
+                key = past_key.index_copy_(-2, cache_position, key)
+                value = past_value.index_copy_(-2, cache_position, value)
             keys.append(key)
             values.append(value)
             output, _ = sdpa_attention_forward(attention, query, key, value, mask, dropout=0.0,

@@ -61,6 +61,9 @@ class ProfileConfig:
     kv_heads: int = 8
     intermediate: int = 1376
     vocab: int = 32000
+    static_decode: bool = False
+    """also time cached decoding on a fixed-capacity KV cache, replayed from a CUDA graph on a GPU (eager on
+    a CPU), from the same prefill, and check that it picks the reference path's greedy tokens"""
     out: Path = Path("runs/latency")
     """folder for the JSON and PNG"""
     grpc: bool = False
@@ -80,6 +83,8 @@ class ProfileConfig:
     def validate(self) -> None:
         if self.grpc and self.step:
             raise ConfigError("--grpc and --step are two different benchmarks; choose one")
+        if self.static_decode and (self.grpc or self.step):
+            raise ConfigError("--static-decode applies to the mask grid, not to --grpc or --step")
         check_masks(self.specs, "--specs")
         if (self.grpc or self.step) and not self.checkpoint.exists():
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")

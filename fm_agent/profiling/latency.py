@@ -11,12 +11,13 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
+from ..attention.static_decode import StaticCacheDecoder
 from .config import PROFILE_SPECS
 from .layouts import vla_layout
 
@@ -71,6 +72,7 @@ class ProfileSettings:
     threads: int = 1
     device: str = "cpu"
     shape: DecoderShape = field(default_factory=DecoderShape)
+    static_decode: bool = False  # also time cached decoding on a static cache (a CUDA graph on a GPU)
 
 
 @dataclass
@@ -81,6 +83,20 @@ class Sample:
     prefill_ms: list[float] = field(default_factory=list)
     decode_ms_per_token: list[float] = field(default_factory=list)
     mask_build_ms: list[float] = field(default_factory=list)
+    static_decode_ms_per_token: list[float] = field(default_factory=list)
+    static_begin_ms: list[float] = field(default_factory=list)
+    static_tokens_match: list[bool] = field(default_factory=list)
+
+
+class Measurement(NamedTuple):
+    """One repetition of one configuration (milliseconds)."""
+
+    prefill_ms: float
+    decode_ms_per_token: float
+    mask_build_ms: float
+    static_decode_ms_per_token: float | None = None  # with a static decoder, on cached masks only
+    static_begin_ms: float | None = None  # copying the prefill's cache into the static buffers
+    static_tokens_match: bool | None = None  # did it choose the reference path's greedy tokens?
 
 
 def _synchronize(device: torch.device) -> None:
@@ -101,9 +117,18 @@ def _timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
 
 @torch.no_grad()
 def measure_once(
-    model: LlamaForCausalLM, spec: FutureMaskSpec, visual: torch.Tensor, decode_tokens: int, full_decode_tokens: int
-) -> tuple[float, float, float]:
-    """One prefill, its decode steps and the mask build; returns (prefill ms, decode ms/token, build ms)."""
+    model: LlamaForCausalLM,
+    spec: FutureMaskSpec,
+    visual: torch.Tensor,
+    decode_tokens: int,
+    full_decode_tokens: int,
+    static: StaticCacheDecoder | None = None,
+) -> Measurement:
+    """One prefill, its decode steps and the mask build.
+
+    With ``static`` (and a cached mask) the same greedy tokens are first decoded on the static decoder
+    from the same prefill, which leaves the prefill's cache as it was, then on the reference path.
+    """
     device = model.device
     input_ids = torch.randint(3, model.config.vocab_size, (1, visual.shape[0]), device=device)
     context = FutureAttention(spec, visual[None]) if not spec.is_causal else None
@@ -118,11 +143,17 @@ def measure_once(
         lambda: model(input_ids=input_ids, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **kwargs),
         device,
     )
+    first = out.logits[:, -1:].argmax(-1)
+    static_result: tuple[float, float, list[torch.Tensor]] | None = None
+    if static is not None and cache is not None:
+        static_result = _static_decode(static, cache, first, decode_tokens, device)
     sequence = input_ids
     steps = decode_tokens if use_cache else full_decode_tokens
     decode_total = 0.0
+    chosen = []
     for _ in range(steps):
         next_id = out.logits[:, -1:].argmax(-1)
+        chosen.append(next_id)
         sequence = torch.cat([sequence, next_id], dim=-1)
         if use_cache:
             step = lambda: model(input_ids=next_id, past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
@@ -130,7 +161,26 @@ def measure_once(
             step = lambda: model(input_ids=sequence, use_cache=False, logits_to_keep=1, **kwargs)
         out, ms = _timed(step, device)
         decode_total += ms
-    return prefill_ms, decode_total / max(steps, 1), build_ms
+    decode_ms = decode_total / max(steps, 1)
+    if static_result is None:
+        return Measurement(prefill_ms, decode_ms, build_ms)
+    begin_ms, static_ms, static_chosen = static_result
+    match = torch.equal(torch.cat(static_chosen, -1), torch.cat(chosen, -1))
+    return Measurement(prefill_ms, decode_ms, build_ms, static_ms, begin_ms, match)
+
+
+def _static_decode(
+    static: StaticCacheDecoder, cache: DynamicCache, first: torch.Tensor, tokens: int, device: torch.device
+) -> tuple[float, float, list[torch.Tensor]]:
+    """Greedy decoding on ``static`` from a prefilled ``cache``: (begin ms, ms per token, the tokens fed)."""
+    _, begin_ms = _timed(lambda: static.begin(cache, None, tokens), device)
+    token, chosen, total = first, [], 0.0
+    for _ in range(tokens):
+        chosen.append(token)
+        logits, ms = _timed(lambda: static.step(token, cache, None), device)
+        total += ms
+        token = logits.argmax(-1, keepdim=True)
+    return begin_ms, total / max(tokens, 1), chosen
 
 
 def run_profile(settings: ProfileSettings, progress: Callable[[Iterable], Iterable] = lambda x: x) -> list[Sample]:
@@ -145,18 +195,25 @@ def run_profile(settings: ProfileSettings, progress: Callable[[Iterable], Iterab
         for label in settings.specs
     ]
     models = {dtype: settings.shape.build(getattr(torch, dtype), settings.device) for dtype in settings.dtypes}
+    # One static decoder per model: its buffers (and graphs) per context are built in the warm-up round.
+    static = {dtype: StaticCacheDecoder(model) for dtype, model in models.items()} if settings.static_decode else {}
     layouts = {context: vla_layout(context, settings.frame_tokens) for context in settings.contexts}
     for rep, dtype, context, label in progress(plan):
         spec = FutureMaskSpec.parse(label)
         result = measure_once(
-            models[dtype], spec, layouts[context], settings.decode_tokens, settings.full_decode_tokens
-        )
+            models[dtype], spec, layouts[context], settings.decode_tokens, settings.full_decode_tokens,
+            static.get(dtype),
+        )  # fmt: skip
         if rep == 0:
-            continue  # warm-up round: first-touch allocations and kernel selection
+            continue  # warm-up round: first-touch allocations, kernel selection, graph capture
         sample = samples.setdefault((dtype, context, label), Sample(dtype, context, label))
-        sample.prefill_ms.append(result[0])
-        sample.decode_ms_per_token.append(result[1])
-        sample.mask_build_ms.append(result[2])
+        sample.prefill_ms.append(result.prefill_ms)
+        sample.decode_ms_per_token.append(result.decode_ms_per_token)
+        sample.mask_build_ms.append(result.mask_build_ms)
+        if result.static_decode_ms_per_token is not None:
+            sample.static_decode_ms_per_token.append(result.static_decode_ms_per_token)
+            sample.static_begin_ms.append(result.static_begin_ms or 0.0)
+            sample.static_tokens_match.append(bool(result.static_tokens_match))
     return list(samples.values())
 
 
@@ -189,6 +246,13 @@ def summarise(samples: list[Sample]) -> list[dict]:
         if base is not None:
             row["prefill_ratio_to_causal"] = prefill[1] / statistics.median(base.prefill_ms)
             row["decode_ratio_to_causal"] = decode[1] / statistics.median(base.decode_ms_per_token)
+        if s.static_decode_ms_per_token:
+            static = _quartiles(s.static_decode_ms_per_token)
+            row["static_decode_ms_per_token"] = static[1]
+            row["static_decode_ms_per_token_iqr"] = [static[0], static[2]]
+            row["static_decode_speedup"] = decode[1] / static[1]  # reference path / static path
+            row["static_begin_ms"] = statistics.median(s.static_begin_ms)
+            row["static_tokens_match"] = all(s.static_tokens_match)
         merged = merged_decode.get((s.dtype, s.context, s.spec.split("/")[0]))
         if s.spec.endswith("/full") and merged is not None:
             row["full_decode_ratio_to_merge"] = decode[1] / statistics.median(merged.decode_ms_per_token)

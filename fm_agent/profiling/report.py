@@ -31,6 +31,7 @@ def settings_from(config: ProfileConfig) -> ProfileSettings:
         threads=config.threads,
         device=config.device,
         shape=shape,
+        static_decode=config.static_decode,
         **values,
     )
 
@@ -40,6 +41,9 @@ def format_table(rows: list[dict]) -> str:
         f"{'dtype':9} {'ctx':>5} {'spec':14} {'prefill ms':>11} {'x causal':>8} {'decode ms/tok':>13} "
         f"{'x causal':>8} {'mask build':>10}"
     )
+    static = any("static_decode_ms_per_token" in r for r in rows)
+    if static:
+        header += f" {'static ms/tok':>13} {'speedup':>7} {'same tokens':>11}"
     lines = [header, "-" * len(header)]
     for r in sorted(
         rows,
@@ -51,6 +55,11 @@ def format_table(rows: list[dict]) -> str:
             f"{r.get('decode_ratio_to_causal', float('nan')):>8.2f} "
             f"{100 * r['mask_build_fraction_of_prefill']:>9.1f}%"
         )
+        if static and "static_decode_ms_per_token" in r:
+            lines[-1] += (
+                f" {r['static_decode_ms_per_token']:>13.2f} {r['static_decode_speedup']:>7.2f} "
+                f"{'yes' if r['static_tokens_match'] else 'NO':>11}"
+            )
     return "\n".join(lines)
 
 
@@ -79,6 +88,13 @@ def plot(rows: list[dict], path: Path) -> None:
                     marker="o",
                     capsize=2,
                 )
+            static = sorted(
+                (r["context"], r["static_decode_ms_per_token"])
+                for r in rows
+                if r["dtype"] == dtype and r["spec"] == "causal" and "static_decode_ms_per_token" in r
+            )
+            if metric == "decode_ms_per_token" and static:
+                ax.plot(*zip(*static), label="causal, static cache", color="black", linestyle="-.", marker="s")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("context (tokens)")

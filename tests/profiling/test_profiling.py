@@ -11,10 +11,12 @@ from fm_agent.cli import main
 from fm_agent.profiling.layouts import parse_layout, vla_layout
 
 
-def test_profile_writes_json_plot_and_table(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("static", [False, True])
+def test_profile_writes_json_plot_and_table(static: bool, tmp_path, capsys) -> None:
     code = main(
         [
             "profile",
+            *(["--static-decode"] if static else []),
             "--preset",
             "quick",
             "--contexts",
@@ -51,7 +53,14 @@ def test_profile_writes_json_plot_and_table(tmp_path, capsys) -> None:
     full = next(r for r in report["results"] if r["spec"] == "Mf/full")
     assert full["decode_ms_per_token"] > 0 and "full_decode_ratio_to_merge" in full
     assert (tmp_path / "latency.png").stat().st_size > 10_000
-    assert "Mf+merge" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Mf+merge" in out
+    assert ("same tokens" in out) == static
+    for row in report["results"]:
+        cached = row["spec"] != "Mf/full"  # a cache-free mask has no cache to make static
+        assert ("static_decode_ms_per_token" in row) == (static and cached)
+        if "static_decode_ms_per_token" in row:
+            assert row["static_tokens_match"] is True and row["static_decode_speedup"] > 0
 
 
 @pytest.mark.parametrize(
@@ -59,6 +68,7 @@ def test_profile_writes_json_plot_and_table(tmp_path, capsys) -> None:
     [
         (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
         (["--device", "cuda", "--step"], "--device applies to the mask grid"),
+        (["--static-decode", "--step"], "--static-decode applies to the mask grid"),
     ],
 )
 def test_profile_refuses_a_device_it_cannot_use(flags: list[str], message: str, capsys) -> None:
