@@ -36,6 +36,16 @@ def observations(policy: VLAPolicy, temperature: float = 0.0) -> list[Observatio
     return batch
 
 
+def assert_same_chunks(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec) -> None:
+    """``policy`` predicts ``reference``'s tokens and actions for :func:`observations`, greedy and sampled."""
+    for temperature in (0.0, 1.5):
+        got = policy.predict(observations(policy, temperature), spec)
+        want = reference.predict(observations(reference, temperature), spec)
+        for a, b in zip(got, want, strict=True):
+            assert np.array_equal(a.tokens, b.tokens), (spec.label, temperature)
+            assert np.array_equal(a.actions, b.actions)
+
+
 def prefilled(
     policy: VLAPolicy, label: str
 ) -> tuple[FutureAttention, torch.Tensor, torch.Tensor, object, torch.Tensor]:
@@ -68,13 +78,7 @@ def test_a_fast_step_returns_the_reference_steps_logits_exactly(policies) -> Non
 @pytest.mark.parametrize("label", ALL_SPEC_LABELS)
 def test_every_mask_decodes_the_same_tokens_greedy_and_sampled(policies, label) -> None:
     fast, reference = policies
-    spec = FutureMaskSpec.parse(label)
-    for temperature in (0.0, 1.5):
-        got = fast.predict(observations(fast, temperature), spec)
-        want = reference.predict(observations(reference, temperature), spec)
-        for a, b in zip(got, want):
-            assert np.array_equal(a.tokens, b.tokens), (label, temperature)
-            assert np.array_equal(a.actions, b.actions)
+    assert_same_chunks(fast, reference, FutureMaskSpec.parse(label))
 
 
 def test_only_supported_backbones_get_the_fast_step(policies) -> None:
@@ -109,9 +113,4 @@ def test_the_compiled_step_decodes_the_reference_tokens(tiny_policy, policies) -
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
         assert twin.get_seq_length() == cache.get_seq_length()
         for label in ("causal", "Mv2t+merge"):
-            spec = FutureMaskSpec.parse(label)
-            for temperature in (0.0, 1.5):
-                got_results = compiled.predict(observations(compiled, temperature), spec)
-                want_results = reference.predict(observations(reference, temperature), spec)
-                for a, b in zip(got_results, want_results, strict=True):
-                    assert np.array_equal(a.tokens, b.tokens), (label, temperature)
+            assert_same_chunks(compiled, reference, FutureMaskSpec.parse(label))
