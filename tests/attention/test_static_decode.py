@@ -84,7 +84,8 @@ def tiny_llama(device: str = "cpu") -> LlamaForCausalLM:
 
 def static_greedy(model, input_ids: torch.Tensor, tokens: int, decoder: StaticCacheDecoder) -> torch.Tensor:
     """Greedy tokens after a causal prefill, every step on ``decoder``."""
-    out = model(input_ids=input_ids, use_cache=True)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, use_cache=True)
     logits, cache = out.logits[:, -1], out.past_key_values
     chosen = []
     for _ in range(tokens):
@@ -140,10 +141,11 @@ def test_cuda_graph_replays_decode_the_reference_tokens() -> None:
 def test_cuda_graph_replays_equal_the_same_step_run_eagerly(dtype: torch.dtype) -> None:
     """In half precision the reference path (no mask, flash kernel) and the static one (a boolean mask)
     may round differently, so here the graph is checked against the very step it recorded, run eagerly
-    on the same buffers."""
+    on buffers of the same capacity."""
     model = tiny_llama("cuda").to(dtype)
     ids = torch.randint(3, 97, (2, 11), generator=torch.Generator().manual_seed(3)).cuda()
-    out = model(input_ids=ids, use_cache=True)
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
     graphed, eager = (StaticCacheDecoder(model, graph=g, capacity_step=4, reserve=1) for g in (True, False))
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     for _ in range(10):
