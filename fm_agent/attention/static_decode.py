@@ -84,8 +84,6 @@ class StaticCacheDecoder:
         self._source: weakref.ref[DynamicCache] | None = None
         self._next = 0  # the position the next fed token takes
 
-    supports = staticmethod(FastDecoder.supports)
-
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: DynamicCache, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, V) after feeding ``token`` (B, 1) that follows ``cache``'s sequence.

@@ -143,10 +143,9 @@ def measure_once(
         lambda: model(input_ids=input_ids, past_key_values=cache, use_cache=use_cache, logits_to_keep=1, **kwargs),
         device,
     )
-    first = out.logits[:, -1:].argmax(-1)
     static_result: tuple[float, float, list[torch.Tensor]] | None = None
     if static is not None and cache is not None:
-        static_result = _static_decode(static, cache, first, decode_tokens, device)
+        static_result = _static_decode(static, cache, out.logits[:, -1:].argmax(-1), decode_tokens, device)
     sequence = input_ids
     steps = decode_tokens if use_cache else full_decode_tokens
     decode_total = 0.0

@@ -91,9 +91,12 @@ def plot(rows: list[dict], path: Path) -> None:
             static = sorted(
                 (r["context"], r["static_decode_ms_per_token"])
                 for r in rows
-                if r["dtype"] == dtype and r["spec"] == "causal" and "static_decode_ms_per_token" in r
+                if metric == "decode_ms_per_token"
+                and r["dtype"] == dtype
+                and r["spec"] == "causal"
+                and "static_decode_ms_per_token" in r
             )
-            if metric == "decode_ms_per_token" and static:
+            if static:
                 ax.plot(*zip(*static), label="causal, static cache", color="black", linestyle="-.", marker="s")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

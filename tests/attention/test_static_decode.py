@@ -9,12 +9,13 @@ import pytest
 import torch
 from test_fast_decode import assert_same_chunks, observations, prefilled
 from tiny_models import llava_pixels, llava_prompt, tiny_llava
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from fm_agent.attention import ALL_SPEC_LABELS, FutureMaskSpec, decode_n_tokens, enable_future_attention
 from fm_agent.attention.generation import continue_decoding, decode_one_token, future_attention_for, prefill
 from fm_agent.attention.static_decode import StaticCacheDecoder
 from fm_agent.model import VLAPolicy
+from fm_agent.profiling.latency import DecoderShape
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -75,11 +76,9 @@ def test_buffers_are_reused_across_requests_without_leaking_state(policies) -> N
 
 
 def tiny_llama(device: str = "cpu") -> LlamaForCausalLM:
-    """A Llama causal LM with grouped-query attention, as the latency profile builds its decoder."""
-    config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa")  # fmt: skip
-    torch.manual_seed(0)
-    return enable_future_attention(LlamaForCausalLM(config).eval()).to(device)
+    """A Llama causal LM with grouped-query attention, built as the latency profile builds its decoder."""
+    shape = DecoderShape(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=97)
+    return shape.build(torch.float32, device)
 
 
 def static_greedy(model, input_ids: torch.Tensor, tokens: int, decoder: StaticCacheDecoder) -> torch.Tensor:
