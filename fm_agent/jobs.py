@@ -41,6 +41,23 @@ def require_at_least(config: object, low: int, *fields: str) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this process cannot use before any model loads (ConfigError naming why)."""
+    import torch  # noqa: PLC0415  (building a config must not import torch: the CLI starts fast)
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 @dataclass(frozen=True)
 class Job:
     config: str  # "module:Class"

@@ -185,6 +185,36 @@ def test_compiled_decoding_is_refused_beside_the_reference_decode() -> None:
     ServeConfig(compile_decode=True).validate()
 
 
+def test_devices_and_decode_paths_are_checked_before_the_checkpoint_loads() -> None:
+    import torch
+
+    from fm_agent.jobs import ConfigError
+
+    for options in ({"compile_decode": True}, {"reference_decode": True}):
+        with pytest.raises(ConfigError, match="--static-decode is a decode path of its own"):
+            ServeConfig(static_decode=True, **options).validate()
+    for device in ("tpu", "gpu:0", "cpu:x"):
+        with pytest.raises(ConfigError, match="--device must be cpu, cuda or cuda:N"):
+            ServeConfig(device=device).validate()
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA device"):
+            ServeConfig(device="cuda", static_decode=True).validate()
+    with pytest.raises(ConfigError, match="CUDA device"):
+        ServeConfig(device=f"cuda:{torch.cuda.device_count()}").validate()
+    ServeConfig(static_decode=True, device="cpu", dtype="bfloat16").validate()
+
+
+def test_the_server_loads_its_policy_where_and_how_it_is_told(tiny_policy) -> None:
+    import torch
+
+    from fm_agent.attention.static_decode import StaticCacheDecoder
+    from fm_agent.serving.jobs import load_served_policy
+
+    policy = load_served_policy(ServeConfig(checkpoint=tiny_policy, static_decode=True, dtype="bfloat16", threads=1))
+    assert isinstance(policy.fast_decoder, StaticCacheDecoder) and policy.model.dtype == torch.bfloat16
+    assert policy.device == torch.device("cpu") and policy.decode_path == "static"
+
+
 def test_evaluations_compile_only_the_server_they_start() -> None:
     from fm_agent.evaluation.config import LiberoEvalConfig
     from fm_agent.jobs import ConfigError

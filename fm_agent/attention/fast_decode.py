@@ -29,7 +29,7 @@ compile. Weights are frozen into the compiled code, so it is for serving, not tr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,15 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import LlamaModel, LlamaRMSNorm, apply_rotary_pos_emb
 
 from .interface import SDPA_IMPLEMENTATION
+
+
+class CachedDecodeStep(Protocol):
+    """What ``continue_decoding`` needs of a stand-in for transformers' cached decode step:
+    :class:`FastDecoder` and ``static_decode.StaticCacheDecoder``."""
+
+    def step(self, token: torch.Tensor, cache: DynamicCache, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, V) after feeding ``token`` (B, 1) that follows ``cache``'s sequence."""
+        ...
 
 
 def text_model(model: Any) -> Any:

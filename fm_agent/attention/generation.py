@@ -16,7 +16,7 @@ from transformers import DynamicCache, PreTrainedModel
 from fm_agent_client.masks import FutureMaskSpec
 
 from .context import FutureAttention, use_future_attention
-from .fast_decode import FastDecoder
+from .fast_decode import CachedDecodeStep
 
 IMAGE_TOKEN_ATTRIBUTES = ("image_token_id", "image_token_index", "video_token_id")
 # Inputs with one entry per token: a cache-free decode step must grow them with the sequence.
@@ -130,7 +130,7 @@ def continue_decoding(
     n_tokens: int,
     choose: Callable[[torch.Tensor], torch.Tensor],
     attention_mask: torch.Tensor | None = None,
-    fast: FastDecoder | None = None,
+    fast: CachedDecodeStep | None = None,
     done: Callable[[], bool] | None = None,
     **model_inputs: Any,
 ) -> torch.Tensor:
@@ -140,8 +140,8 @@ def continue_decoding(
     action chunks, whose ``choose`` tracks when every row is complete); ``n_tokens`` is then the most.
     ``choose`` turns one step's logits (B, V) into the next ids (B, 1): greedy, sampled, or kept to
     a vocabulary range (a policy's action tokens). The last chosen token is not fed back, since
-    nothing reads the logits after it. ``fast`` (a :class:`FastDecoder` of ``model``) runs each cached
-    step without the module stack, with the same logits; it is ignored where there is no cache.
+    nothing reads the logits after it. ``fast`` (a :class:`FastDecoder` or ``StaticCacheDecoder`` of ``model``)
+    runs each cached step without the module stack, with the same tokens; it is ignored where there is no cache.
     """
     chosen = []
     for step in range(n_tokens):

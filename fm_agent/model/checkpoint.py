@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..attention.fast_decode import FastDecoder
 from ..jobs import ConfigError
 from .configuration_vla import POLICY_FILE
 from .processor import Observation
@@ -184,7 +185,8 @@ def features_per_image(model, image_size: int) -> int | None:
     if get_features is None:
         return None
     with torch.no_grad():
-        features = get_features(pixel_values=torch.zeros(1, 3, image_size, image_size)).pooler_output
+        pixels = torch.zeros(1, 3, image_size, image_size, device=model.device, dtype=model.dtype)
+        features = get_features(pixel_values=pixels).pooler_output
     return int(features[0].shape[0])  # one (tokens, hidden) entry per image, as a list or a tensor
 
 
@@ -204,7 +206,7 @@ def _dummy_step(policy: VLAPolicy, folder: Path) -> None:
     size = config.image_size
     frame = {camera: np.zeros((size, size, 3), np.uint8) for camera in config.cameras}
     proprio = np.asarray(config.proprio_low, dtype=np.float64) if config.proprio_dim else None
-    compiled = policy.fast_decoder is not None and policy.fast_decoder.compiled
+    compiled = isinstance(policy.fast_decoder, FastDecoder) and policy.fast_decoder.compiled
     batches = (("go",), *(COMPILE_WARM_UP if compiled else ()))
     try:
         for instructions in batches:

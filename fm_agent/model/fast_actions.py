@@ -135,10 +135,11 @@ class LengthConstraint:
         (a finished row is left as it is: its choice is dropped)."""
         too_long = self.lengths[None, :] > self.remaining[:, None]
         too_long[self.remaining == 0] = False
-        return logits.masked_fill(too_long, float("-inf"))
+        return logits.masked_fill(too_long.to(logits.device), float("-inf"))
 
     def update(self, chosen: torch.Tensor) -> None:
-        """``chosen`` (B, 1) token indices into the action range."""
+        """``chosen`` (B, 1) token indices into the action range (on any device; the state stays on the CPU)."""
+        chosen = chosen.cpu()
         active = self.remaining > 0
         self.used += active.long()
         self.remaining = torch.where(active, self.remaining - self.lengths[chosen[:, 0]], self.remaining)

@@ -39,6 +39,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from ..attention import FutureAttention, FutureMaskSpec, enable_future_attention
 from ..attention.fast_decode import FastDecoder
 from ..attention.generation import continue_decoding, prefill
+from ..attention.static_decode import StaticCacheDecoder
+from ..jobs import ConfigError
 from .action_tokenizer import ActionTokenizer
 from .checkpoint import CheckpointError, check_files, validate_policy
 from .configuration_vla import POLICY_FILE, VLAConfig
@@ -152,7 +154,7 @@ class VLAPolicy:
         # The exact fast decode step (fm_agent/attention/fast_decode.py) where the backbone allows it;
         # False, or an unsupported backbone, keeps transformers' own forward for every decode step.
         # compile_decode compiles that step (about 1.5x faster on a CPU, equal only to about 1e-5).
-        self.fast_decoder = (
+        self.fast_decoder: FastDecoder | StaticCacheDecoder | None = (
             FastDecoder(self.model, compile=compile_decode)
             if (fast_decode or compile_decode) and FastDecoder.supports(self.model)
             else None
@@ -163,6 +165,41 @@ class VLAPolicy:
         # LLaVA's forward takes cached features as a list of (tokens, hidden) per image; InternVL-style
         # models take one (images, tokens, hidden) tensor.
         self._features_as_list = isinstance(self.model, LlavaForConditionalGeneration)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def use_static_decode(self, graph: bool | None = None) -> None:
+        """Decode on a fixed-capacity KV cache (:class:`StaticCacheDecoder`), replayed from CUDA graphs
+        when the model is on a GPU, where a decode step is bound by kernel launches; the same tokens as
+        the exact fast step (tested), logits equal up to the attention kernel's summation order."""
+        if self.parallel:
+            raise ValueError("a parallel-head policy decodes nothing: its chunk comes from one forward")
+        if not FastDecoder.supports(self.model):
+            raise ValueError(
+                f"static decoding needs a Llama text model under SDPA; this policy's backbone is "
+                f"{type(self.model).__name__}"
+            )
+        self.fast_decoder = StaticCacheDecoder(self.model, graph=graph)
+
+    def clock(self) -> float:
+        """``time.perf_counter()`` once the device has finished what was queued: CUDA runs asynchronously,
+        so without this a GPU step's prefill time would be its launch time and decoding would carry the rest."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @property
+    def decode_path(self) -> str:
+        """How action tokens are produced, for logs: parallel, reference, exact, compiled, static, cuda-graphs."""
+        if self.parallel:
+            return "parallel"
+        if isinstance(self.fast_decoder, StaticCacheDecoder):
+            return "cuda-graphs" if self.fast_decoder.graph else "static"
+        if self.fast_decoder is None:
+            return "reference"
+        return "compiled" if self.fast_decoder.compiled else "exact"
 
     @property
     def parallel(self) -> bool:
@@ -195,6 +232,9 @@ class VLAPolicy:
         reuse_vision: bool = True,
         validate: bool = True,
         compile_decode: bool = False,
+        static_decode: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
     ) -> VLAPolicy:
         """Load a checkpoint folder (format: fm_agent/model/checkpoint.py, docs/checkpoints.md).
 
@@ -203,7 +243,9 @@ class VLAPolicy:
         a client's first request. ``fast_decode=False`` keeps transformers' forward for every decode
         step and ``reuse_vision=False`` encodes every frame of every step (the reference paths).
         ``compile_decode`` compiles the fast step (:class:`FastDecoder`); the dummy step of ``validate``
-        then pays the compile, not a client's first request."""
+        then pays the compile, not a client's first request. ``static_decode`` decodes on a fixed-capacity
+        cache (:meth:`use_static_decode`; CUDA graphs on a GPU). ``device`` and ``dtype`` place the model
+        (a checkpoint is stored in float32); inputs follow it, actions and tokens come back on the CPU."""
         folder = Path(folder)
         check_files(folder)
         try:
@@ -212,11 +254,17 @@ class VLAPolicy:
             raise CheckpointError(folder, POLICY_FILE, "contents", str(error)) from error
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
         tokenizer.padding_side = "left"
-        model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
+        model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
+        model.to(device)  # type: ignore[arg-type]  # in place; transformers types its wrapped .to oddly
         try:
             policy = cls(model, tokenizer, config, fast_decode, reuse_vision, compile_decode)
         except ValueError as error:
             raise CheckpointError(folder, POLICY_FILE, "contents", str(error)) from error
+        if static_decode:
+            try:
+                policy.use_static_decode()
+            except ValueError as error:
+                raise ConfigError(f"{folder}: {error}") from None
         if validate:
             validate_policy(policy, folder)
         return policy
@@ -258,16 +306,18 @@ class VLAPolicy:
         spec = spec or FutureMaskSpec.parse(self.config.default_mask)
         start = time.perf_counter()
         inputs = self.encode(observations)
+        for name in ("input_ids", "attention_mask"):  # pixels move only where the vision tower reads them
+            inputs[name] = inputs[name].to(self.device)
         visual = inputs["input_ids"] == self.image_token_id
         context = FutureAttention(spec, visual)
-        t_pre = time.perf_counter()
+        t_pre = self.clock()
         model_inputs, newest = self._vision_inputs(observations, inputs, spec)
         if self.parallel:
             return self._predict_parallel(observations, inputs, model_inputs, newest, context, start, t_pre)
         logits, cache = prefill(
             self.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"], **model_inputs
         )
-        t_prefill = time.perf_counter()
+        t_prefill = self.clock()
         lo, hi = self.actions.token_range()
         constraint = self.actions.length_constraint(len(observations)) if self.actions.variable_length else None
 
@@ -279,21 +329,25 @@ class VLAPolicy:
             constraint.update(token)
             return token + lo
 
-        decoded = continue_decoding(
-            self.model,
-            context,
-            logits,
-            cache,
-            inputs["input_ids"],
-            self.actions.tokens_per_call,
-            choose,
-            inputs["attention_mask"],
-            self.fast_decoder,
-            done=None if constraint is None else lambda: constraint.done,
-            **model_inputs,
-        ).numpy()
+        decoded = (
+            continue_decoding(
+                self.model,
+                context,
+                logits,
+                cache,
+                inputs["input_ids"],
+                self.actions.tokens_per_call,
+                choose,
+                inputs["attention_mask"],
+                self.fast_decoder,
+                done=None if constraint is None else lambda: constraint.done,
+                **model_inputs,
+            )
+            .cpu()
+            .numpy()
+        )
         tokens = list(decoded) if constraint is None else constraint.split(decoded)
-        end = time.perf_counter()
+        end = self.clock()
         timings = {
             "preprocess_ms": (t_pre - start) * 1e3,
             "prefill_ms": (t_prefill - t_pre) * 1e3,
@@ -313,7 +367,7 @@ class VLAPolicy:
         the same prompt. ``full`` decode mode recomputes from pixels at every token and keeps them.
         """
         if not self.reuse_vision or spec.needs_full_recompute:
-            return {"pixel_values": inputs["pixel_values"]}, [None] * len(observations)
+            return {"pixel_values": self._pixels(inputs["pixel_values"])}, [None] * len(observations)
         cameras, history = len(self.config.cameras), self.config.history
         slots = []  # per observation: (features per slot, first slot of each slot's frame)
         for o in observations:
@@ -323,6 +377,7 @@ class VLAPolicy:
         encoded: dict[tuple[int, int], torch.Tensor] = {}
         if missing:
             rows = torch.cat([observations[i].pixels[j * cameras : (j + 1) * cameras] for i, j in missing])
+            rows = self._pixels(rows)
             images = self.model.model.get_image_features(pixel_values=rows).pooler_output  # [(tokens, hidden)]
             for n, key in enumerate(missing):
                 encoded[key] = torch.stack(list(images[n * cameras : (n + 1) * cameras]))
@@ -339,6 +394,10 @@ class VLAPolicy:
         pooled = per_image if self._features_as_list else torch.stack(per_image)
         outputs = BaseModelOutputWithPooling(pooler_output=pooled)  # type: ignore[arg-type]
         return {"mm_encoder_outputs": {"image": outputs}}, newest
+
+    def _pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel values as the vision tower takes them: on the model's device, in its dtype."""
+        return pixels.to(self.device, self.model.dtype)
 
     def _predict_parallel(
         self,
@@ -360,13 +419,13 @@ class VLAPolicy:
             logits_to_keep=n,
             **model_inputs,
         )
-        t_forward = time.perf_counter()
+        t_forward = self.clock()
         lo, hi = self.actions.token_range()
         logits = out.logits[:, -n:, lo:hi]  # (B, n, actions)
         tokens = torch.cat([self._choose(logits[:, j], observations) for j in range(n)], dim=-1) + lo
-        end = time.perf_counter()
+        end = self.clock()
         return self._results(
-            list(tokens.numpy()),
+            list(tokens.cpu().numpy()),
             {
                 "preprocess_ms": (t_pre - start) * 1e3,
                 "prefill_ms": (t_forward - t_pre) * 1e3,
@@ -390,7 +449,8 @@ class VLAPolicy:
         token = logits.argmax(-1, keepdim=True)
         for row, observation in enumerate(observations):
             if observation.temperature > 0:
-                probs = torch.softmax(logits[row].double() / observation.temperature, -1)
+                # on the CPU, where the observation's generator lives: the same draw on every device
+                probs = torch.softmax(logits[row].double().cpu() / observation.temperature, -1)
                 token[row, 0] = torch.multinomial(probs, 1, generator=observation.generator)[0]
         return token
 

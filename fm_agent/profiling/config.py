@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..jobs import ConfigError, check_masks, require_at_least
+from ..jobs import ConfigError, check_device, check_masks, require_at_least
 
 # Every mask family in both decode modes, and merged: the grid the latency profile times.
 PROFILE_SPECS: tuple[str, ...] = (
@@ -54,7 +54,7 @@ class ProfileConfig:
     threads: int = 1
     """torch intra-op threads (1 gives stable numbers)"""
     device: str = "cpu"
-    """where the decoder runs: cpu, cuda or cuda:N (the mask grid only; GPU times are synchronised)"""
+    """where the decoder (or, with --step, the policy) runs: cpu, cuda or cuda:N (GPU times are synchronised)"""
     hidden: int = 512
     layers: int = 8
     heads: int = 8
@@ -63,7 +63,8 @@ class ProfileConfig:
     vocab: int = 32000
     static_decode: bool = False
     """also time cached decoding on a fixed-capacity KV cache, replayed from a CUDA graph on a GPU (eager on
-    a CPU), from the same prefill, and check that it picks the reference path's greedy tokens"""
+    a CPU), from the same prefill, and check that it picks the reference path's greedy tokens; with --step,
+    the control step with that decoding (path ar-static)"""
     out: Path = Path("runs/latency")
     """folder for the JSON and PNG"""
     grpc: bool = False
@@ -83,17 +84,15 @@ class ProfileConfig:
     def validate(self) -> None:
         if self.grpc and self.step:
             raise ConfigError("--grpc and --step are two different benchmarks; choose one")
-        if self.static_decode and (self.grpc or self.step):
-            raise ConfigError("--static-decode applies to the mask grid, not to --grpc or --step")
+        if self.static_decode and self.grpc:
+            raise ConfigError("--static-decode applies to the mask grid and --step, not to --grpc")
         check_masks(self.specs, "--specs")
         if (self.grpc or self.step) and not self.checkpoint.exists():
             raise ConfigError(f"checkpoint {self.checkpoint} does not exist")
         require_at_least(self, 1, "threads")
-        if self.device != "cpu":
-            if self.grpc or self.step:
-                raise ConfigError("--device applies to the mask grid; --grpc and --step run on the CPU")
-            if not self.device.startswith("cuda"):
-                raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.device != "cpu" and self.grpc:
+            raise ConfigError("--device applies to the mask grid and --step; --grpc runs on the CPU")
+        check_device(self.device)
 
 
 @dataclass(kw_only=True)

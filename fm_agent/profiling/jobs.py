@@ -15,7 +15,16 @@ def run_profile(config: ProfileConfig, command: str = "") -> int:
     if config.grpc:
         return transport.main(config.checkpoint, config.out, config.grpc_repeats, command)
     if config.step:
-        return step.main(config.checkpoint, config.out, config.chunks, config.step_repetitions, config.threads, command)
+        return step.main(
+            config.checkpoint,
+            config.out,
+            config.chunks,
+            config.step_repetitions,
+            config.threads,
+            command,
+            config.device,
+            config.static_decode,
+        )
     return report.write_profile(config, command)
 
 

@@ -6,14 +6,18 @@ intra-op thread: the whole ``predict`` step, its vision / prefill / decode parts
 forward over the autoregressive prompt (the floor a step is read against: ``step / forward``).
 
     fm-agent profile --step --chunks 1 4 8 16 --out runs/step
+
+``--static-decode`` adds the path ``ar-static`` (decoding on a fixed-capacity cache: CUDA graphs on a
+GPU, eager on a CPU) and ``--device cuda`` runs every path on a GPU, where the timings are synchronised
+and the compiled step (a CPU path: inductor's C++ wrapper) is left out.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-import time
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -30,20 +34,30 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 # "autoregressive" decodes with the exact fast step (fm_agent/attention/fast_decode.py) and reuses the
 # history's vision features, as served; "ar-compiled" is that step compiled (``--compile-decode``, not
 # bit-exact); "ar-reference" is the same policy through transformers' forward for every token, encoding
-# every frame of every step: the paths they replace.
-HEADS = ("autoregressive", "ar-compiled", "ar-reference", "parallel")
+# every frame of every step: the paths they replace. "ar-static" (with --static-decode) decodes on a
+# fixed-capacity cache, replayed from CUDA graphs on a GPU.
+HEADS = ("autoregressive", "ar-compiled", "ar-static", "ar-reference", "parallel")
 # The shipped checkpoint itself (chunk 4), loaded the way `fm-agent serve` loads it for each decode path.
-SHIPPED_PATHS = {
+SHIPPED_PATHS: dict[str, dict[str, Any]] = {
     "ar-reference": {"fast_decode": False, "reuse_vision": False},
     "autoregressive": {},
     "ar-compiled": {"compile_decode": True},
+    "ar-static": {"static_decode": True},
 }
+
+
+def step_heads(device: str, static: bool) -> tuple[str, ...]:
+    """The paths a step profile times: the compiled step only on a CPU, the static one when asked."""
+    return tuple(h for h in HEADS if (h != "ar-compiled" or device == "cpu") and (h != "ar-static" or static))
+
+
 SPECS = {"causal": FutureMaskSpec(), "Mf+merge": FutureMaskSpec("Mf", merge=MergeOptions())}
 INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
 
 
-def shaped_like(checkpoint: Path, chunk: int, head: str) -> VLAPolicy:
-    """A random-weight policy with ``checkpoint``'s shape, cameras and prompt, ``chunk`` actions per call."""
+def shaped_like(checkpoint: Path, chunk: int, head: str, device: str = "cpu") -> VLAPolicy:
+    """A random-weight policy with ``checkpoint``'s shape, cameras and prompt, ``chunk`` actions per call,
+    on ``device``."""
     shape = VLAConfig.load(checkpoint)
     rng = np.random.default_rng(0)
     actions = ActionTokenizer.fit(rng.uniform(-1, 1, (1000, 7)), bins=256, chunk=chunk)
@@ -60,11 +74,14 @@ def shaped_like(checkpoint: Path, chunk: int, head: str) -> VLAPolicy:
         action_head="parallel" if head == "parallel" else "autoregressive",
     )
     policy = VLAPolicy.create(config, [INSTRUCTION], seed=0)
+    policy.model.to(device)  # in place; the decoders below find it there
     if head == "ar-reference":  # the reference paths: transformers' forward per token, every frame encoded
         policy.fast_decoder = None
         policy.reuse_vision = False
     if head == "ar-compiled":
         policy.fast_decoder = FastDecoder(policy.model, compile=True)
+    if head == "ar-static":
+        policy.use_static_decode()
     return policy
 
 
@@ -102,16 +119,18 @@ def time_step_parts(
     policy sees: a FAST policy decodes as many tokens as the chunk it predicts needs."""
     observation = observation or _observation(policy)
     observation = _steady(policy, observation) if policy.reuse_vision else observation
-    start = time.perf_counter()
+    start = policy.clock()
     result = policy.predict([observation], spec)[0]
-    step = (time.perf_counter() - start) * 1e3
+    step = (policy.clock() - start) * 1e3
     inputs = reference.encode([_observation(reference)])  # the autoregressive prompt: the same for every head
-    start = time.perf_counter()
+    inputs = {name: value.to(reference.device) for name, value in inputs.items()}
+    start = reference.clock()
     reference.model(**inputs)
-    forward = (time.perf_counter() - start) * 1e3
-    start = time.perf_counter()
-    policy.model.model.get_image_features(pixel_values=policy.encode([observation])["pixel_values"])
-    vision = (time.perf_counter() - start) * 1e3
+    forward = (reference.clock() - start) * 1e3
+    pixels = policy.encode([observation])["pixel_values"].to(policy.device, policy.model.dtype)
+    start = policy.clock()
+    policy.model.model.get_image_features(pixel_values=pixels)
+    vision = (policy.clock() - start) * 1e3
     return {
         "step_ms": step,
         "forward_ms": forward,
@@ -123,22 +142,30 @@ def time_step_parts(
 
 
 def run_step_profile(
-    checkpoint: Path, chunks: tuple[int, ...] = (1, 2, 4, 8, 16), repetitions: int = 15, threads: int = 1, progress=None
+    checkpoint: Path,
+    chunks: tuple[int, ...] = (1, 2, 4, 8, 16),
+    repetitions: int = 15,
+    threads: int = 1,
+    progress=None,
+    device: str = "cpu",
+    static: bool = False,
 ) -> dict:
     torch.set_num_threads(threads)
+    heads = step_heads(device, static)
     policies: dict[tuple[int | str, str], VLAPolicy] = {
-        (chunk, head): shaped_like(checkpoint, chunk, head) for chunk in chunks for head in HEADS
+        (chunk, head): shaped_like(checkpoint, chunk, head, device) for chunk in chunks for head in heads
     }
     reference: dict[int | str, VLAPolicy] = {chunk: policies[(chunk, "autoregressive")] for chunk in chunks}
     shipped_chunk = ActionTokenizer.from_dict(VLAConfig.load(checkpoint).action_tokenizer).chunk
-    for head, options in SHIPPED_PATHS.items():  # "shipped" in place of a chunk: the checkpoint's own weights
-        policies[("shipped", head)] = VLAPolicy.from_pretrained(checkpoint, **options)
+    shipped_heads = [head for head in SHIPPED_PATHS if head in heads]
+    for head in shipped_heads:  # "shipped" in place of a chunk: the checkpoint's own weights
+        policies[("shipped", head)] = VLAPolicy.from_pretrained(checkpoint, device=device, **SHIPPED_PATHS[head])
     reference["shipped"] = policies[("shipped", "autoregressive")]
     samples: dict[tuple, list[dict]] = {}
     keys: list[tuple[int | str, str, str]] = [
-        (chunk, head, label) for chunk in chunks for head in HEADS for label in SPECS
+        (chunk, head, label) for chunk in chunks for head in heads for label in SPECS
     ]
-    keys += [("shipped", head, label) for head in SHIPPED_PATHS for label in SPECS]
+    keys += [("shipped", head, label) for head in shipped_heads for label in SPECS]
     for key in keys:  # warm-up (and the compiles of the compiled step)
         time_step_parts(policies[key[:2]], reference[key[0]], SPECS[key[2]])
     for rep in range(repetitions):  # interleaved: machine noise spreads over every configuration alike
@@ -169,6 +196,7 @@ def run_step_profile(
         "checkpoint_shape": str(checkpoint),
         "threads": threads,
         "repetitions": repetitions,
+        "device": device if device == "cpu" else torch.cuda.get_device_name(torch.device(device)),
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "rows": rows,
@@ -182,7 +210,7 @@ def format_step_report(report: dict) -> str:
     )
     lines = [
         f"control step, {report['checkpoint_shape']} itself, {report['threads']} thread(s), "
-        f"median of {report['repetitions']}",
+        f"{report.get('device', 'cpu')}, median of {report['repetitions']}",
         head,
         *_step_lines(report.get("shipped", [])),
         "",
@@ -204,7 +232,7 @@ def _step_lines(rows: list[dict]) -> list[str]:
 
 def plot_step_report(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for head in HEADS:
+    for head in sorted({r["head"] for r in report["rows"]}, key=HEADS.index):
         for label, style in zip(SPECS, ("-o", "--s")):
             rows = sorted(
                 (r for r in report["rows"] if r["head"] == head and r["spec"] == label), key=lambda r: r["chunk"]
@@ -230,7 +258,14 @@ def plot_step_report(report: dict, path: Path) -> None:
 
 
 def main(
-    checkpoint: Path, out: Path, chunks: tuple[int, ...], repetitions: int, threads: int, command: str = ""
+    checkpoint: Path,
+    out: Path,
+    chunks: tuple[int, ...],
+    repetitions: int,
+    threads: int,
+    command: str = "",
+    device: str = "cpu",
+    static: bool = False,
 ) -> int:
     bar = tqdm(total=repetitions, desc="step profile", unit="round")
 
@@ -238,7 +273,7 @@ def main(
         bar.n = done
         bar.refresh()
 
-    report = run_step_profile(checkpoint, chunks, repetitions, threads, progress)
+    report = run_step_profile(checkpoint, chunks, repetitions, threads, progress, device, static)
     bar.close()
     report["command"] = command
     out.mkdir(parents=True, exist_ok=True)

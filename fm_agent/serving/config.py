@@ -10,7 +10,7 @@ import tyro
 
 from fm_agent_client.masks import FutureMaskSpec
 
-from ..jobs import ConfigError, require_at_least
+from ..jobs import ConfigError, check_device, require_at_least
 from .limits import Limits
 
 DEFAULT_CHECKPOINT = Path("checkpoints/libero_spatial")
@@ -57,6 +57,15 @@ class ServeConfig:
     """compile the fast decode step with torch.compile (needs a C++ compiler): about 1.5x faster action decoding
     on a CPU after 40-240 s of compiling at start-up (every batch class, before the port opens), with logits
     equal to the exact step's only to about 1e-5, so a greedy token can differ at a near-tie"""
+    static_decode: bool = False
+    """decode on a fixed-capacity KV cache, replayed from a CUDA graph per step on a GPU (where a step is bound
+    by kernel launches); the exact step's tokens (tested), logits equal up to the attention kernel's summation
+    order; on a CPU it runs eagerly at about the exact step's speed"""
+    device: str = "cpu"
+    """where the model runs: cpu, cuda or cuda:N"""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """the model's weights and activations (checkpoints are stored in float32; half precision can change a
+    greedy action where two tokens nearly tie)"""
     json_logs: bool = False
     """one JSON object per log line"""
     openpi_port: int | None = None
@@ -98,4 +107,7 @@ class ServeConfig:
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.compile_decode and self.reference_decode:
             raise ConfigError("--compile-decode compiles the fast decode step, which --reference-decode turns off")
+        if self.static_decode and (self.compile_decode or self.reference_decode):
+            raise ConfigError("--static-decode is a decode path of its own: drop --compile-decode/--reference-decode")
+        check_device(self.device)
         require_at_least(self, 1, "max_episodes", "max_batch", "max_message_mb", "decode_threads", "threads")

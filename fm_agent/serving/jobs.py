@@ -62,7 +62,12 @@ def load_served_policy(config: ServeConfig) -> VLAPolicy:
     except RuntimeError:  # already set in this process (a long-lived actor)
         pass
     return VLAPolicy.from_pretrained(
-        config.checkpoint, fast_decode=not config.reference_decode, compile_decode=config.compile_decode
+        config.checkpoint,
+        fast_decode=not config.reference_decode,
+        compile_decode=config.compile_decode,
+        static_decode=config.static_decode,
+        device=config.device,
+        dtype=getattr(torch, config.dtype),
     )
 
 

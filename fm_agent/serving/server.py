@@ -494,6 +494,9 @@ class PolicyServer:
                     "address": f"{settings.host}:{self.port}",
                     "model": settings.model_name,
                     "default_mask": self.servicer.default_spec.label,
+                    "device": str(self.servicer.policy.device),
+                    "dtype": str(self.servicer.policy.model.dtype).removeprefix("torch."),
+                    "decode": self.servicer.policy.decode_path,
                 }
             )
         )

@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 import shutil
 
-import numpy as np
 import pytest
 import torch
+from decode_checks import assert_same_chunks, observations, prefilled
 
-from fm_agent.attention import ALL_SPEC_LABELS, FutureAttention, FutureMaskSpec
+from fm_agent.attention import ALL_SPEC_LABELS, FutureMaskSpec
 from fm_agent.attention.fast_decode import FastDecoder
-from fm_agent.attention.generation import decode_one_token, prefill
-from fm_agent.model import Observation, VLAPolicy, step_generator
+from fm_agent.attention.generation import decode_one_token
+from fm_agent.model import VLAPolicy
 
 
 @pytest.fixture(scope="module")
@@ -21,43 +21,6 @@ def policies(tiny_policy) -> tuple[VLAPolicy, VLAPolicy]:
     fast, reference = VLAPolicy.from_pretrained(tiny_policy), VLAPolicy.from_pretrained(tiny_policy, fast_decode=False)
     assert fast.fast_decoder is not None and reference.fast_decoder is None
     return fast, reference
-
-
-def observations(policy: VLAPolicy, temperature: float = 0.0) -> list[Observation]:
-    """Three requests of different prompt lengths (a left-padded batch), each with its own frames."""
-    rng = np.random.default_rng(7)
-    instructions = ["pick up the black bowl", "pick up the black bowl and place it on the plate", "place it"]
-    batch = []
-    for i, instruction in enumerate(instructions):
-        frames = [{c: rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for c in policy.config.cameras}
-                  for _ in range(2)]  # fmt: skip
-        generator = step_generator(11 + i, 3) if temperature else None
-        batch.append(Observation(frames, instruction, rng.uniform(-1, 1, 8), temperature, generator))
-    return batch
-
-
-def assert_same_chunks(policy: VLAPolicy, reference: VLAPolicy, spec: FutureMaskSpec) -> None:
-    """``policy`` predicts ``reference``'s tokens and actions for :func:`observations`, greedy and sampled."""
-    for temperature in (0.0, 1.5):
-        got = policy.predict(observations(policy, temperature), spec)
-        want = reference.predict(observations(reference, temperature), spec)
-        for a, b in zip(got, want, strict=True):
-            assert np.array_equal(a.tokens, b.tokens), (spec.label, temperature)
-            assert np.array_equal(a.actions, b.actions)
-
-
-def prefilled(
-    policy: VLAPolicy, label: str
-) -> tuple[FutureAttention, torch.Tensor, torch.Tensor, object, torch.Tensor]:
-    """The padded batch of :func:`observations` prefilled under ``label``: its context, the prompt ids,
-    the first greedy token, the cache, and the attention mask with that token appended."""
-    inputs = policy.encode(observations(policy))
-    context = FutureAttention(FutureMaskSpec.parse(label), inputs["input_ids"] == policy.image_token_id)
-    logits, cache = prefill(policy.model, context, inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            pixel_values=inputs["pixel_values"])  # fmt: skip
-    token = logits.argmax(-1, keepdim=True)
-    mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=-1)
-    return context, inputs["input_ids"], token, cache, mask
 
 
 def test_a_fast_step_returns_the_reference_steps_logits_exactly(policies) -> None:

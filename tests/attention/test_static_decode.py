@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_fast_decode import assert_same_chunks, observations, prefilled
+from decode_checks import assert_same_chunks, observations, prefilled
 from tiny_models import llava_pixels, llava_prompt, tiny_llava
 from transformers import LlamaForCausalLM
 

@@ -67,8 +67,8 @@ def test_profile_writes_json_plot_and_table(static: bool, tmp_path, capsys) -> N
     "flags,message",
     [
         (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
-        (["--device", "cuda", "--step"], "--device applies to the mask grid"),
-        (["--static-decode", "--step"], "--static-decode applies to the mask grid"),
+        (["--device", "cuda", "--grpc"], "--device applies to the mask grid and --step"),
+        (["--static-decode", "--grpc"], "--static-decode applies to the mask grid and --step"),
     ],
 )
 def test_profile_refuses_a_device_it_cannot_use(flags: list[str], message: str, capsys) -> None:
@@ -77,10 +77,12 @@ def test_profile_refuses_a_device_it_cannot_use(flags: list[str], message: str, 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without CUDA gives")
-def test_profile_on_cuda_without_a_gpu_says_so(tmp_path, capsys) -> None:
-    assert main(["profile", "--device", "cuda", "--preset", "quick", "--out", str(tmp_path)]) == 2
+@pytest.mark.parametrize("step", [False, True])
+def test_profile_on_cuda_without_a_gpu_says_so(step: bool, tmp_path, capsys) -> None:
+    flags = ["--step"] if step else ["--preset", "quick"]
+    assert main(["profile", "--device", "cuda", *flags, "--out", str(tmp_path)]) == 2
     assert "sees no CUDA device" in capsys.readouterr().err
-    assert not (tmp_path / "latency.json").exists()
+    assert not any(tmp_path.iterdir())
 
 
 def test_layouts() -> None:
@@ -147,3 +149,14 @@ def test_transport_benchmark_runs_every_path_end_to_end(tmp_path) -> None:
     assert "gRPC StreamAct" in format_report(report)
     plot_report(report, tmp_path / "transport.png")
     assert (tmp_path / "transport.png").stat().st_size > 10_000
+
+
+def test_the_step_profile_times_the_static_path_when_asked_and_compiles_only_on_a_cpu() -> None:
+    from paths import REPO
+
+    from fm_agent.profiling.step import shaped_like, step_heads
+
+    assert step_heads("cpu", False) == ("autoregressive", "ar-compiled", "ar-reference", "parallel")
+    assert step_heads("cuda", True) == ("autoregressive", "ar-static", "ar-reference", "parallel")
+    policy = shaped_like(REPO / "checkpoints/libero_spatial", 2, "ar-static")
+    assert policy.decode_path == "static" and policy.actions.chunk == 2

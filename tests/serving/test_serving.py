@@ -245,6 +245,25 @@ def test_bad_inputs_get_specific_statuses_and_change_nothing(client, server) -> 
     client.end_episode(twin)
 
 
+def test_a_server_decoding_on_a_static_cache_acts_like_the_default(client, checkpoint) -> None:
+    """``--static-decode`` (CUDA graphs on a GPU, eager here): the same actions, greedy and sampled, for
+    episodes whose steps read their frames' cached features."""
+
+    def run(c: PolicyClient, **options) -> list[np.ndarray]:
+        episode = c.start_episode(INSTRUCTION, mask="Mf", merge=True, **options)
+        actions = [c.act(episode, frame(s), np.full(8, 0.1 * s)).actions for s in range(4)]
+        c.end_episode(episode)
+        return actions
+
+    server = start_server(checkpoint, "--static-decode")
+    try:
+        with PolicyClient(server.address, timeout=20) as static:
+            for options in ({}, {"seed": 3, "temperature": 5.0}):
+                assert all(np.array_equal(a, b) for a, b in zip(run(static, **options), run(client, **options)))
+    finally:
+        assert server.stop() == 0
+
+
 def test_live_episode_cap(checkpoint) -> None:
     server = start_server(checkpoint, "--max-episodes", "2")
     try:
