@@ -43,6 +43,8 @@ def require_at_least(config: object, low: int, *fields: str) -> None:
 
 def check_device(device: str) -> None:
     """Refuse a device this process cannot use before any model loads (ConfigError naming why)."""
+    if device == "cpu":
+        return  # without importing torch, which a driver process may not need at all
     import torch  # noqa: PLC0415  (building a config must not import torch: the CLI starts fast)
 
     try:

@@ -224,6 +224,32 @@ def test_evaluations_compile_only_the_server_they_start() -> None:
     LiberoEvalConfig(compile_decode=True).validate()
 
 
+def test_evaluations_start_their_servers_with_the_decode_path_and_device_asked_for() -> None:
+    import torch
+
+    from fm_agent.evaluation.config import BabyAIEvalConfig, LiberoEvalConfig
+    from fm_agent.jobs import ConfigError
+
+    assert LiberoEvalConfig().server_flags() == ()
+    assert LiberoEvalConfig(static_decode=True, server_device="cuda:1").server_flags() == (
+        "--static-decode",
+        "--device",
+        "cuda:1",
+    )
+    BabyAIEvalConfig(static_decode=True, ray="local", server_device="cuda").validate()  # Ray finds the GPU
+    refused = {
+        "configure the servers this run starts": dict(static_decode=True, server=("127.0.0.1:50051",)),
+        "a decode path of its own": dict(static_decode=True, compile_decode=True),
+        "Ray picks each actor's GPU": dict(ray="local", server_device="cuda:0"),
+        "--device must be cpu, cuda or cuda:N": dict(server_device="gpu"),
+    }
+    if not torch.cuda.is_available():
+        refused["sees no CUDA device"] = dict(server_device="cuda")
+    for message, options in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            LiberoEvalConfig(**options).validate()  # type: ignore[arg-type]
+
+
 def test_train_presets_offered_by_the_cli_are_the_model_presets() -> None:
     import typing
 

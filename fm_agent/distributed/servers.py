@@ -2,9 +2,9 @@
 
 Each actor is one ``fm-agent serve`` (the same policy loading and server settings, the same health
 and reflection services) listening on its node's address, so simulator workers on any node reach
-it. An actor asks Ray for the CPUs its torch threads use. It asks for no GPU: ``VLAPolicy`` runs on
-the CPU only (it has no device placement yet), and a reserved GPU would sit idle. The server dies
-with its actor, so a killed run leaves no stray server behind.
+it. An actor asks Ray for the CPUs its torch threads use, and for one GPU when it serves on ``cuda``
+(Ray then shows it only that GPU, so ``cuda`` is the one it was given). The server dies with its
+actor, so a killed run leaves no stray server behind.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from .runners import import_ray
 class PolicyServerActor:
     """Runs a PolicyServer on its own event loop thread inside the actor process."""
 
-    def __init__(self, checkpoint: str, threads: int, max_batch: int = 8) -> None:
+    def __init__(
+        self, checkpoint: str, threads: int, max_batch: int = 8, device: str = "cpu", static_decode: bool = False
+    ) -> None:
         self.checkpoint, self.threads, self.max_batch = checkpoint, threads, max_batch
+        self.device, self.static_decode = device, static_decode
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
 
@@ -34,7 +37,13 @@ class PolicyServerActor:
 
         host = import_ray().util.get_node_ip_address()
         config = ServeConfig(
-            checkpoint=Path(self.checkpoint), host=host, port=0, threads=self.threads, max_batch=self.max_batch
+            checkpoint=Path(self.checkpoint),
+            host=host,
+            port=0,
+            threads=self.threads,
+            max_batch=self.max_batch,
+            device=self.device,
+            static_decode=self.static_decode,
         )
         config.validate()
         policy = load_served_policy(config)
@@ -57,12 +66,14 @@ class PolicyServerActor:
 
 @dataclass
 class RayServers:
-    """``count`` server actors of ``threads`` CPUs each."""
+    """``count`` server actors of ``threads`` CPUs (and, on ``cuda``, one GPU) each."""
 
     checkpoint: Path
     count: int = 1
     threads: int = 1
     max_batch: int = 8
+    device: str = "cpu"
+    static_decode: bool = False
 
     def __post_init__(self) -> None:
         self.actors: list[Any] = []
@@ -70,9 +81,13 @@ class RayServers:
 
     def start(self) -> list[str]:
         ray = import_ray()
-        remote = ray.remote(PolicyServerActor).options(num_cpus=self.threads, max_restarts=0)
+        gpus = 0 if self.device == "cpu" else 1
+        remote = ray.remote(PolicyServerActor).options(num_cpus=self.threads, num_gpus=gpus, max_restarts=0)
         checkpoint = str(Path(self.checkpoint).resolve())  # the same path on every node (a shared or copied tree)
-        self.actors = [remote.remote(checkpoint, self.threads, self.max_batch) for _ in range(self.count)]
+        self.actors = [
+            remote.remote(checkpoint, self.threads, self.max_batch, self.device, self.static_decode)
+            for _ in range(self.count)
+        ]
         self.addresses = ray.get([actor.start.remote() for actor in self.actors])
         return self.addresses
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from fm_agent_client.executor import ExecutorOptions
 
-from ..jobs import ConfigError, check_masks, require_at_least
+from ..jobs import ConfigError, check_device, check_masks, require_at_least
 
 
 @dataclass(kw_only=True)
@@ -50,6 +50,11 @@ class ServerEvalConfig:
     """torch threads of the local server (default: the cores the simulator workers leave, at least 1)"""
     compile_decode: bool = False
     """the local server compiles its decode step (fm-agent serve --compile-decode: faster, equal to about 1e-5)"""
+    static_decode: bool = False
+    """the servers this run starts decode on a static cache (fm-agent serve --static-decode: CUDA graphs on a GPU)"""
+    server_device: str = "cpu"
+    """where the servers this run starts put the policy: cpu, cuda or cuda:N (with --ray: cpu or cuda, and each
+    server actor asks Ray for one GPU)"""
     retries: int = 1
     """re-runs of an episode after a server/env failure"""
     temperature: float | None = None
@@ -76,6 +81,13 @@ class ServerEvalConfig:
             simulated_latency_ms=self.simulated_latency_ms,
         )
 
+    def server_flags(self) -> tuple[str, ...]:
+        """The ``fm-agent serve`` flags of a local server this run starts."""
+        flags = ["--compile-decode"] if self.compile_decode else []
+        flags += ["--static-decode"] if self.static_decode else []
+        flags += ["--device", self.server_device] if self.server_device != "cpu" else []
+        return tuple(flags)
+
     def validate(self) -> None:
         if self.executor == "off" and (
             self.prefetch or self.control_hz is not None or self.simulated_latency_ms is not None
@@ -91,6 +103,16 @@ class ServerEvalConfig:
             raise ConfigError(str(error)) from None
         if self.compile_decode and (self.server or self.ray is not None):
             raise ConfigError("--compile-decode configures the local server: start --server ones with it yourself")
+        if (self.static_decode or self.server_device != "cpu") and self.server:
+            raise ConfigError("--static-decode and --server-device configure the servers this run starts: "
+                              "start --server ones with them yourself")  # fmt: skip
+        if self.static_decode and self.compile_decode:
+            raise ConfigError("--static-decode is a decode path of its own: drop --compile-decode")
+        if self.ray is None:
+            check_device(self.server_device)
+        elif self.server_device not in ("cpu", "cuda"):
+            raise ConfigError(f"--server-device with --ray: give cpu or cuda (Ray picks each actor's GPU), got "
+                              f"{self.server_device!r}")  # fmt: skip
         check_masks(self.masks)
         require_at_least(self, 1, "workers", "max_steps", "server_threads", "ray_servers")
         if self.ray is not None and not self.ray.strip():

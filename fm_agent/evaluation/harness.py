@@ -396,13 +396,19 @@ def policy_servers(args: ServerEvalConfig) -> Iterator[tuple[list[str], LocalSer
         return
     threads = _server_threads(args)
     if args.ray is not None:
-        servers = RayServers(Path(args.checkpoint), args.ray_servers, threads)
+        servers = RayServers(
+            Path(args.checkpoint),
+            args.ray_servers,
+            threads,
+            device=args.server_device,
+            static_decode=args.static_decode,
+        )
         try:
             yield servers.start(), None
         finally:
             servers.stop()
         return
-    local = LocalServer(Path(args.checkpoint), ("--compile-decode",) if args.compile_decode else (), threads=threads)
+    local = LocalServer(Path(args.checkpoint), args.server_flags(), threads=threads)
     try:
         yield [local.start()], local
     finally:
@@ -511,6 +517,7 @@ def run_record(args: ServerEvalConfig, servers: int, episodes: int, wall_s: floa
         "backend": f"ray {args.ray}" if args.ray is not None else "processes",
         "workers": args.workers,
         "servers": servers,
+        "server_flags": [] if args.server else list(args.server_flags()),
         "stateless": args.stateless,
         "episodes": episodes,
         "wall_s": round(wall_s, 2),

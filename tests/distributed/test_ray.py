@@ -74,11 +74,14 @@ def test_babyai_evaluation_on_ray_matches_the_process_backend(cluster, tmp_path)
     common = dict(checkpoint=CHECKPOINT, levels=(LEVEL[len("babyai:") :],), episodes=3, max_steps=12, seed=4000)
     common |= dict(masks=("causal", "Mf+merge"), temperature=1.0, server_threads=1, workers=2)
     assert run_babyai_eval(BabyAIEvalConfig(**common, out=tmp_path / "processes")) == 0
-    assert run_babyai_eval(BabyAIEvalConfig(**common, ray="local", ray_servers=2, out=tmp_path / "ray")) == 0
+    # the Ray servers decode on a static cache: the same sampled episodes as the default decode path
+    ray_run = BabyAIEvalConfig(**common, ray="local", ray_servers=2, static_decode=True, out=tmp_path / "ray")
+    assert run_babyai_eval(ray_run) == 0
     local, on_ray = _rows(tmp_path / "processes"), _rows(tmp_path / "ray")
     assert len(local) == 6 and local == on_ray
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert summary["last_run"]["backend"] == "ray local" and summary["last_run"]["servers"] == 2
+    assert summary["last_run"]["server_flags"] == ["--static-decode"]
     assert (
         summary["masks"]["causal"]["overall"]
         == json.loads((tmp_path / "processes" / "summary.json").read_text())["masks"]["causal"]["overall"]
