@@ -31,6 +31,7 @@ from envs import make_env
 from envs.recording import write_file
 from fm_agent_client import FutureMaskSpec, PolicyClient
 from fm_agent_client.executor import ExecutorOptions
+from fm_agent_client.v1 import policy_pb2 as pb
 
 from ..distributed.runners import job_runner
 from ..distributed.servers import RayServers
@@ -458,7 +459,8 @@ def evaluate(
         stack.callback(close_worker_envs)  # the simulators a one-worker run kept in this process
         runner = stack.enter_context(job_runner(args.workers, args.ray, _cpus_needed(args)))
         addresses, local = stack.enter_context(policy_servers(args))
-        temperature = args.temperature if args.temperature is not None else _served_temperature(addresses[0])
+        served = _served_info(addresses[0])
+        temperature = args.temperature if args.temperature is not None else float(served.default_temperature)
         extra = {**extra, "temperature": temperature}
         began = time.perf_counter()
         if parallel:
@@ -501,7 +503,7 @@ def evaluate(
                 )
                 finished(row)
         wall = time.perf_counter() - began
-    extra = {**extra, "last_run": run_record(args, len(addresses), len(todo), wall)}
+    extra = {**extra, "last_run": run_record(args, len(addresses), len(todo), wall, served)}
     return write_summary(out, split_keys, extra, args.success_within)
 
 
@@ -511,13 +513,16 @@ def episode_address(addresses: Sequence[str], index: int, stateless: bool) -> st
     return ",".join(addresses) if stateless else addresses[index % len(addresses)]
 
 
-def run_record(args: ServerEvalConfig, servers: int, episodes: int, wall_s: float) -> dict:
-    """How this invocation ran (a resumed run reports its own part): backend, workers, throughput."""
+def run_record(args: ServerEvalConfig, servers: int, episodes: int, wall_s: float, served: pb.PolicyInfo) -> dict:
+    """How this invocation ran (a resumed run reports its own part): backend, workers, throughput, and
+    where and how the (first) server acted, as it says itself (``served``: its ``PolicyInfo``)."""
     return {
         "backend": f"ray {args.ray}" if args.ray is not None else "processes",
         "workers": args.workers,
         "servers": servers,
         "server_flags": [] if args.server else list(args.server_flags()),
+        "server_device": served.device,
+        "decode_path": served.decode_path,
         "stateless": args.stateless,
         "episodes": episodes,
         "wall_s": round(wall_s, 2),
@@ -525,9 +530,9 @@ def run_record(args: ServerEvalConfig, servers: int, episodes: int, wall_s: floa
     }
 
 
-def _served_temperature(address: str) -> float:
+def _served_info(address: str) -> pb.PolicyInfo:
     with PolicyClient(address, retries=8, backoff_s=0.25) as client:
-        return float(client.info().default_temperature)
+        return client.info()
 
 
 def print_summary(summary: dict) -> None:

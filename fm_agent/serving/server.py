@@ -150,6 +150,8 @@ class PolicyServicer:
                 max_image_side=limits.max_image_side,
                 max_queued_requests=limits.max_queued_requests,
             ),
+            device=str(self.policy.device),
+            decode_path=self.policy.decode_path,
         )
 
     async def StartEpisode(self, request, context) -> pb.StartEpisodeResponse:

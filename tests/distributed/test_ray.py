@@ -82,6 +82,7 @@ def test_babyai_evaluation_on_ray_matches_the_process_backend(cluster, tmp_path)
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert summary["last_run"]["backend"] == "ray local" and summary["last_run"]["servers"] == 2
     assert summary["last_run"]["server_flags"] == ["--static-decode"]
+    assert summary["last_run"]["server_device"] == "cpu" and summary["last_run"]["decode_path"] == "static"
     assert (
         summary["masks"]["causal"]["overall"]
         == json.loads((tmp_path / "processes" / "summary.json").read_text())["masks"]["causal"]["overall"]

@@ -145,4 +145,5 @@ def test_an_evaluation_runs_stateless_over_replicas_as_it_runs_on_one_server(tmp
         return sorted((r["key"], r["success"], r["steps"], r["error"]) for r in rows)
 
     assert outcomes(tmp_path / "one") == outcomes(tmp_path / "both")
-    assert json.loads((tmp_path / "both" / "summary.json").read_text())["last_run"]["servers"] == 2
+    last_run = json.loads((tmp_path / "both" / "summary.json").read_text())["last_run"]
+    assert last_run["servers"] == 2 and last_run["decode_path"] == "exact"

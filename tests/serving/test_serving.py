@@ -68,6 +68,7 @@ def test_info(client) -> None:
     assert info.action_space.kind == "continuous" and info.action_space.dims == 7 and info.action_space.chunk == 2
     assert set(info.available_masks) == {"causal", "Mf", "Mv2v", "Mv2t"} and info.proprio_dim == 8
     assert info.default_temperature == 0.0
+    assert info.device == "cpu" and info.decode_path == "exact"  # the fast step is the default
 
 
 def test_sampled_episodes_replay_with_their_seed(client) -> None:
@@ -258,6 +259,7 @@ def test_a_server_decoding_on_a_static_cache_acts_like_the_default(client, check
     server = start_server(checkpoint, "--static-decode")
     try:
         with PolicyClient(server.address, timeout=20) as static:
+            assert static.info().decode_path == "static"  # eager on the CPU, "cuda-graphs" on a GPU
             for options in ({}, {"seed": 3, "temperature": 5.0}):
                 assert all(np.array_equal(a, b) for a, b in zip(run(static, **options), run(client, **options)))
     finally:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66m_agent_client/v1/policy.proto\x12\x0b\x66m_agent.v1\"\x10\n\x0eGetInfoRequest\"|\n\x0bMaskOptions\x12\x0c\n\x04mask\x18\x01 \x01(\t\x12\r\n\x05merge\x18\x02 \x01(\x08\x12\x13\n\x0b\x64\x65\x63ode_mode\x18\x03 \x01(\t\x12\x10\n\x08merge_op\x18\x04 \x01(\t\x12\x14\n\x0cmerge_kernel\x18\x05 \x01(\r\x12\x13\n\x0bmerge_slots\x18\x06 \x01(\r\"9\n\nCameraSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\"\x9b\x01\n\x0cServerLimits\x12\x1d\n\x15max_instruction_chars\x18\x01 \x01(\r\x12\x1d\n\x15max_instruction_words\x18\x02 \x01(\r\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x04\x12\x16\n\x0emax_image_side\x18\x04 \x01(\r\x12\x1b\n\x13max_queued_requests\x18\x05 \x01(\r\"h\n\x0b\x41\x63tionSpace\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x01(\r\x12\x0b\n\x03low\x18\x03 \x03(\x02\x12\x0c\n\x04high\x18\x04 \x03(\x02\x12\x13\n\x0bnum_actions\x18\x05 \x01(\r\x12\r\n\x05\x63hunk\x18\x06 \x01(\r\"\xe3\x02\n\nPolicyInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12.\n\x0c\x61\x63tion_space\x18\x03 \x01(\x0b\x32\x18.fm_agent.v1.ActionSpace\x12(\n\x07\x63\x61meras\x18\x04 \x03(\x0b\x32\x17.fm_agent.v1.CameraSpec\x12\x0f\n\x07history\x18\x05 \x01(\r\x12\x13\n\x0bproprio_dim\x18\x06 \x01(\r\x12\x17\n\x0f\x61vailable_masks\x18\x07 \x03(\t\x12.\n\x0c\x64\x65\x66\x61ult_mask\x18\x08 \x01(\x0b\x32\x18.fm_agent.v1.MaskOptions\x12\x19\n\x11max_message_bytes\x18\t \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_temperature\x18\n \x01(\x02\x12)\n\x06limits\x18\x0b \x01(\x0b\x32\x19.fm_agent.v1.ServerLimits\"\x8a\x01\n\x13StartEpisodeRequest\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12&\n\x04mask\x18\x02 \x01(\x0b\x32\x18.fm_agent.v1.MaskOptions\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_temperature\"*\n\x14StartEpisodeResponse\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"\'\n\x11\x45ndEpisodeRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"#\n\x12\x45ndEpisodeResponse\x12\r\n\x05steps\x18\x01 \x01(\x04\"\xbc\x01\n\x05Image\x12\x0e\n\x06\x63\x61mera\x18\x01 \x01(\t\x12-\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1b.fm_agent.v1.Image.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x10\n\x08\x63hannels\x18\x06 \x01(\r\x12\r\n\x05\x64type\x18\x07 \x01(\t\"&\n\x08\x45ncoding\x12\x07\n\x03RAW\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x08\n\x04JPEG\x10\x02\"W\n\x0bObservation\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.fm_agent.v1.Image\x12\x0f\n\x07proprio\x18\x02 \x03(\x02\x12\x13\n\x0b\x63lient_time\x18\x03 \x01(\x01\"O\n\nActRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12-\n\x0bobservation\x18\x02 \x01(\x0b\x32\x18.fm_agent.v1.Observation\"\x80\x01\n\x13StatelessActRequest\x12\x31\n\x07\x65pisode\x18\x01 \x01(\x0b\x32 .fm_agent.v1.StartEpisodeRequest\x12(\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x18.fm_agent.v1.Observation\x12\x0c\n\x04step\x18\x03 \x01(\x04\"\x89\x01\n\x10LatencyBreakdown\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x12\n\nprefill_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\x12\x11\n\tserver_ms\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"\xa7\x01\n\x0b\x41\x63tResponse\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\r\n\x05\x63hunk\x18\x03 \x01(\r\x12\x0c\n\x04\x64ims\x18\x04 \x01(\r\x12\x0f\n\x07\x61\x63tions\x18\x05 \x03(\x02\x12\x18\n\x10\x64iscrete_actions\x18\x06 \x03(\x03\x12.\n\x07latency\x18\x07 \x01(\x0b\x32\x1d.fm_agent.v1.LatencyBreakdown2\xbe\x03\n\rPolicyService\x12?\n\x07GetInfo\x12\x1b.fm_agent.v1.GetInfoRequest\x1a\x17.fm_agent.v1.PolicyInfo\x12S\n\x0cStartEpisode\x12 .fm_agent.v1.StartEpisodeRequest\x1a!.fm_agent.v1.StartEpisodeResponse\x12M\n\nEndEpisode\x12\x1e.fm_agent.v1.EndEpisodeRequest\x1a\x1f.fm_agent.v1.EndEpisodeResponse\x12\x38\n\x03\x41\x63t\x12\x17.fm_agent.v1.ActRequest\x1a\x18.fm_agent.v1.ActResponse\x12\x42\n\tStreamAct\x12\x17.fm_agent.v1.ActRequest\x1a\x18.fm_agent.v1.ActResponse(\x01\x30\x01\x12J\n\x0c\x41\x63tStateless\x12 .fm_agent.v1.StatelessActRequest\x1a\x18.fm_agent.v1.ActResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66m_agent_client/v1/policy.proto\x12\x0b\x66m_agent.v1\"\x10\n\x0eGetInfoRequest\"|\n\x0bMaskOptions\x12\x0c\n\x04mask\x18\x01 \x01(\t\x12\r\n\x05merge\x18\x02 \x01(\x08\x12\x13\n\x0b\x64\x65\x63ode_mode\x18\x03 \x01(\t\x12\x10\n\x08merge_op\x18\x04 \x01(\t\x12\x14\n\x0cmerge_kernel\x18\x05 \x01(\r\x12\x13\n\x0bmerge_slots\x18\x06 \x01(\r\"9\n\nCameraSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\"\x9b\x01\n\x0cServerLimits\x12\x1d\n\x15max_instruction_chars\x18\x01 \x01(\r\x12\x1d\n\x15max_instruction_words\x18\x02 \x01(\r\x12\x18\n\x10max_image_pixels\x18\x03 \x01(\x04\x12\x16\n\x0emax_image_side\x18\x04 \x01(\r\x12\x1b\n\x13max_queued_requests\x18\x05 \x01(\r\"h\n\x0b\x41\x63tionSpace\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04\x64ims\x18\x02 \x01(\r\x12\x0b\n\x03low\x18\x03 \x03(\x02\x12\x0c\n\x04high\x18\x04 \x03(\x02\x12\x13\n\x0bnum_actions\x18\x05 \x01(\r\x12\r\n\x05\x63hunk\x18\x06 \x01(\r\"\x88\x03\n\nPolicyInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12.\n\x0c\x61\x63tion_space\x18\x03 \x01(\x0b\x32\x18.fm_agent.v1.ActionSpace\x12(\n\x07\x63\x61meras\x18\x04 \x03(\x0b\x32\x17.fm_agent.v1.CameraSpec\x12\x0f\n\x07history\x18\x05 \x01(\r\x12\x13\n\x0bproprio_dim\x18\x06 \x01(\r\x12\x17\n\x0f\x61vailable_masks\x18\x07 \x03(\t\x12.\n\x0c\x64\x65\x66\x61ult_mask\x18\x08 \x01(\x0b\x32\x18.fm_agent.v1.MaskOptions\x12\x19\n\x11max_message_bytes\x18\t \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_temperature\x18\n \x01(\x02\x12)\n\x06limits\x18\x0b \x01(\x0b\x32\x19.fm_agent.v1.ServerLimits\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\x13\n\x0b\x64\x65\x63ode_path\x18\r \x01(\t\"\x8a\x01\n\x13StartEpisodeRequest\x12\x13\n\x0binstruction\x18\x01 \x01(\t\x12&\n\x04mask\x18\x02 \x01(\x0b\x32\x18.fm_agent.v1.MaskOptions\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x0e\n\x0c_temperature\"*\n\x14StartEpisodeResponse\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"\'\n\x11\x45ndEpisodeRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"#\n\x12\x45ndEpisodeResponse\x12\r\n\x05steps\x18\x01 \x01(\x04\"\xbc\x01\n\x05Image\x12\x0e\n\x06\x63\x61mera\x18\x01 \x01(\t\x12-\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1b.fm_agent.v1.Image.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x10\n\x08\x63hannels\x18\x06 \x01(\r\x12\r\n\x05\x64type\x18\x07 \x01(\t\"&\n\x08\x45ncoding\x12\x07\n\x03RAW\x10\x00\x12\x07\n\x03PNG\x10\x01\x12\x08\n\x04JPEG\x10\x02\"W\n\x0bObservation\x12\"\n\x06images\x18\x01 \x03(\x0b\x32\x12.fm_agent.v1.Image\x12\x0f\n\x07proprio\x18\x02 \x03(\x02\x12\x13\n\x0b\x63lient_time\x18\x03 \x01(\x01\"O\n\nActRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12-\n\x0bobservation\x18\x02 \x01(\x0b\x32\x18.fm_agent.v1.Observation\"\x80\x01\n\x13StatelessActRequest\x12\x31\n\x07\x65pisode\x18\x01 \x01(\x0b\x32 .fm_agent.v1.StartEpisodeRequest\x12(\n\x06\x66rames\x18\x02 \x03(\x0b\x32\x18.fm_agent.v1.Observation\x12\x0c\n\x04step\x18\x03 \x01(\x04\"\x89\x01\n\x10LatencyBreakdown\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x12\n\nprefill_ms\x18\x03 \x01(\x01\x12\x11\n\tdecode_ms\x18\x04 \x01(\x01\x12\x11\n\tserver_ms\x18\x05 \x01(\x01\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"\xa7\x01\n\x0b\x41\x63tResponse\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\r\n\x05\x63hunk\x18\x03 \x01(\r\x12\x0c\n\x04\x64ims\x18\x04 \x01(\r\x12\x0f\n\x07\x61\x63tions\x18\x05 \x03(\x02\x12\x18\n\x10\x64iscrete_actions\x18\x06 \x03(\x03\x12.\n\x07latency\x18\x07 \x01(\x0b\x32\x1d.fm_agent.v1.LatencyBreakdown2\xbe\x03\n\rPolicyService\x12?\n\x07GetInfo\x12\x1b.fm_agent.v1.GetInfoRequest\x1a\x17.fm_agent.v1.PolicyInfo\x12S\n\x0cStartEpisode\x12 .fm_agent.v1.StartEpisodeRequest\x1a!.fm_agent.v1.StartEpisodeResponse\x12M\n\nEndEpisode\x12\x1e.fm_agent.v1.EndEpisodeRequest\x1a\x1f.fm_agent.v1.EndEpisodeResponse\x12\x38\n\x03\x41\x63t\x12\x17.fm_agent.v1.ActRequest\x1a\x18.fm_agent.v1.ActResponse\x12\x42\n\tStreamAct\x12\x17.fm_agent.v1.ActRequest\x1a\x18.fm_agent.v1.ActResponse(\x01\x30\x01\x12J\n\x0c\x41\x63tStateless\x12 .fm_agent.v1.StatelessActRequest\x1a\x18.fm_agent.v1.ActResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,29 +42,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTIONSPACE']._serialized_start=409
   _globals['_ACTIONSPACE']._serialized_end=513
   _globals['_POLICYINFO']._serialized_start=516
-  _globals['_POLICYINFO']._serialized_end=871
-  _globals['_STARTEPISODEREQUEST']._serialized_start=874
-  _globals['_STARTEPISODEREQUEST']._serialized_end=1012
-  _globals['_STARTEPISODERESPONSE']._serialized_start=1014
-  _globals['_STARTEPISODERESPONSE']._serialized_end=1056
-  _globals['_ENDEPISODEREQUEST']._serialized_start=1058
-  _globals['_ENDEPISODEREQUEST']._serialized_end=1097
-  _globals['_ENDEPISODERESPONSE']._serialized_start=1099
-  _globals['_ENDEPISODERESPONSE']._serialized_end=1134
-  _globals['_IMAGE']._serialized_start=1137
-  _globals['_IMAGE']._serialized_end=1325
-  _globals['_IMAGE_ENCODING']._serialized_start=1287
-  _globals['_IMAGE_ENCODING']._serialized_end=1325
-  _globals['_OBSERVATION']._serialized_start=1327
-  _globals['_OBSERVATION']._serialized_end=1414
-  _globals['_ACTREQUEST']._serialized_start=1416
-  _globals['_ACTREQUEST']._serialized_end=1495
-  _globals['_STATELESSACTREQUEST']._serialized_start=1498
-  _globals['_STATELESSACTREQUEST']._serialized_end=1626
-  _globals['_LATENCYBREAKDOWN']._serialized_start=1629
-  _globals['_LATENCYBREAKDOWN']._serialized_end=1766
-  _globals['_ACTRESPONSE']._serialized_start=1769
-  _globals['_ACTRESPONSE']._serialized_end=1936
-  _globals['_POLICYSERVICE']._serialized_start=1939
-  _globals['_POLICYSERVICE']._serialized_end=2385
+  _globals['_POLICYINFO']._serialized_end=908
+  _globals['_STARTEPISODEREQUEST']._serialized_start=911
+  _globals['_STARTEPISODEREQUEST']._serialized_end=1049
+  _globals['_STARTEPISODERESPONSE']._serialized_start=1051
+  _globals['_STARTEPISODERESPONSE']._serialized_end=1093
+  _globals['_ENDEPISODEREQUEST']._serialized_start=1095
+  _globals['_ENDEPISODEREQUEST']._serialized_end=1134
+  _globals['_ENDEPISODERESPONSE']._serialized_start=1136
+  _globals['_ENDEPISODERESPONSE']._serialized_end=1171
+  _globals['_IMAGE']._serialized_start=1174
+  _globals['_IMAGE']._serialized_end=1362
+  _globals['_IMAGE_ENCODING']._serialized_start=1324
+  _globals['_IMAGE_ENCODING']._serialized_end=1362
+  _globals['_OBSERVATION']._serialized_start=1364
+  _globals['_OBSERVATION']._serialized_end=1451
+  _globals['_ACTREQUEST']._serialized_start=1453
+  _globals['_ACTREQUEST']._serialized_end=1532
+  _globals['_STATELESSACTREQUEST']._serialized_start=1535
+  _globals['_STATELESSACTREQUEST']._serialized_end=1663
+  _globals['_LATENCYBREAKDOWN']._serialized_start=1666
+  _globals['_LATENCYBREAKDOWN']._serialized_end=1803
+  _globals['_ACTRESPONSE']._serialized_start=1806
+  _globals['_ACTRESPONSE']._serialized_end=1973
+  _globals['_POLICYSERVICE']._serialized_start=1976
+  _globals['_POLICYSERVICE']._serialized_end=2422
 # @@protoc_insertion_point(module_scope)

@@ -68,7 +68,7 @@ class ActionSpace(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., dims: _Optional[int] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., num_actions: _Optional[int] = ..., chunk: _Optional[int] = ...) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("model_name", "model_version", "action_space", "cameras", "history", "proprio_dim", "available_masks", "default_mask", "max_message_bytes", "default_temperature", "limits")
+    __slots__ = ("model_name", "model_version", "action_space", "cameras", "history", "proprio_dim", "available_masks", "default_mask", "max_message_bytes", "default_temperature", "limits", "device", "decode_path")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTION_SPACE_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,8 @@ class PolicyInfo(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DECODE_PATH_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     action_space: ActionSpace
@@ -91,7 +93,9 @@ class PolicyInfo(_message.Message):
     max_message_bytes: int
     default_temperature: float
     limits: ServerLimits
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., action_space: _Optional[_Union[ActionSpace, _Mapping]] = ..., cameras: _Optional[_Iterable[_Union[CameraSpec, _Mapping]]] = ..., history: _Optional[int] = ..., proprio_dim: _Optional[int] = ..., available_masks: _Optional[_Iterable[str]] = ..., default_mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., default_temperature: _Optional[float] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ...) -> None: ...
+    device: str
+    decode_path: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., action_space: _Optional[_Union[ActionSpace, _Mapping]] = ..., cameras: _Optional[_Iterable[_Union[CameraSpec, _Mapping]]] = ..., history: _Optional[int] = ..., proprio_dim: _Optional[int] = ..., available_masks: _Optional[_Iterable[str]] = ..., default_mask: _Optional[_Union[MaskOptions, _Mapping]] = ..., max_message_bytes: _Optional[int] = ..., default_temperature: _Optional[float] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., device: _Optional[str] = ..., decode_path: _Optional[str] = ...) -> None: ...
 
 class StartEpisodeRequest(_message.Message):
     __slots__ = ("instruction", "mask", "seed", "temperature")
