@@ -159,6 +159,8 @@ class OpenpiEndpoint:
             "default_mask": self.servicer.default_spec.label,
             "observation_keys": self.mapping.describe(),
             "max_message_bytes": self.servicer.settings.max_message_bytes,
+            "device": str(policy.device),
+            "decode_path": policy.decode_path,
         }
 
     async def start(self, host: str, port: int) -> int:

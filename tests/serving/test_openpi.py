@@ -46,6 +46,7 @@ def test_metadata_on_connect_and_actions_of_the_policys_shape(server) -> None:
     policy = client(server)
     metadata = policy.get_server_metadata()
     assert metadata["server"] == "fm-agent" and metadata["action_chunk"] == 2 and metadata["action_dims"] == 7
+    assert metadata["device"] == "cpu" and metadata["decode_path"] == "exact"
     assert metadata["observation_keys"]["cameras"] == {
         "observation/image": "agentview",
         "observation/wrist_image": "wrist",
