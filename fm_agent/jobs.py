@@ -41,8 +41,9 @@ def require_at_least(config: object, low: int, *fields: str) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
-def check_device(device: str) -> None:
-    """Refuse a device this process cannot use before any model loads (ConfigError naming why)."""
+def check_device(device: str, flag: str = "--device") -> None:
+    """Refuse a device this process cannot use before any model loads (ConfigError naming why, and the
+    ``flag`` that asked for it)."""
     if device == "cpu":
         return  # without importing torch, which a driver process may not need at all
     import torch  # noqa: PLC0415  (building a config must not import torch: the CLI starts fast)
@@ -52,12 +53,12 @@ def check_device(device: str) -> None:
     except RuntimeError:
         parsed = None
     if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        raise ConfigError(f"{flag} must be cpu, cuda or cuda:N, got {device!r}")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: torch {torch.__version__} sees no CUDA device")
+            raise ConfigError(f"{flag} {device}: torch {torch.__version__} sees no CUDA device")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"{flag} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 @dataclass(frozen=True)

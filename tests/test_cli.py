@@ -241,7 +241,7 @@ def test_evaluations_start_their_servers_with_the_decode_path_and_device_asked_f
         "configure the servers this run starts": dict(static_decode=True, server=("127.0.0.1:50051",)),
         "a decode path of its own": dict(static_decode=True, compile_decode=True),
         "Ray picks each actor's GPU": dict(ray="local", server_device="cuda:0"),
-        "--device must be cpu, cuda or cuda:N": dict(server_device="gpu"),
+        "--server-device must be cpu, cuda or cuda:N": dict(server_device="gpu"),
     }
     if not torch.cuda.is_available():
         refused["sees no CUDA device"] = dict(server_device="cuda")

@@ -109,7 +109,7 @@ class ServerEvalConfig:
         if self.static_decode and self.compile_decode:
             raise ConfigError("--static-decode is a decode path of its own: drop --compile-decode")
         if self.ray is None:
-            check_device(self.server_device)
+            check_device(self.server_device, "--server-device")
         elif self.server_device not in ("cpu", "cuda"):
             raise ConfigError(f"--server-device with --ray: give cpu or cuda (Ray picks each actor's GPU), got "
                               f"{self.server_device!r}")  # fmt: skip
